@@ -143,7 +143,7 @@ def sources_html(table:pd.DataFrame) -> str:
             'study plan names; its numbers answer the question on that stand-in only.</div>') if table.standin.any() else ''
     return warn + (f'<ul>{items}</ul>' if items else '<p>No data was loaded (synthetic).</p>')
 
-def provenance_html(records:list[dict], table:pd.DataFrame) -> str:
+def provenance_html(records:list[dict], table:pd.DataFrame|None=None) -> str:
     "Commits, package versions, devices, and the wall time of every cell."
     if not records: return ''
     env = records[-1]['provenance']

@@ -60,6 +60,6 @@ def control_spec(profile:str='quick') -> Spec:
                 {'1_epoch': dict(base, epochs=1), '3_epochs': dict(base, epochs=3)}, '1_epoch', METRICS,
                 [Claim('control-accuracy', '3 epochs reach higher test accuracy than 1 epoch', 'test_accuracy', '3_epochs',
                        source='calibration'),
-                 Claim('control-time', '3 epochs take at least twice the training time of 1', 'train_time_s', '3_epochs', 2.0, '>',
+                 Claim('control-time', '3 epochs take longer to train than 1', 'train_time_s', '3_epochs', 1.0, '>',
                        'ratio', source='calibration')],
                 fit, plan='(calibration)', datasets=[('cifar10', 'train', None), ('cifar10', 'test', None)])

