@@ -98,8 +98,8 @@ def cache_dir() -> Path:
 PACKAGES = ('lwstudy', 'torch', 'transformers', 'datasets', 'numpy', 'scipy', 'pandas', 'scikit-learn', 'optuna')
 
 def git_commit(root:Path|None=None) -> str:
-    "The commit of `root`'s repository, suffixed '-dirty' when tracked files changed; 'unknown' outside git."
-    root = root or project_root()
+    "The commit of the code that runs (the repository holding this package, or `root`), '-dirty' when tracked files changed; 'unknown' outside git."
+    root = root or Path(__file__).resolve().parent
     try:
         run = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True, text=True, timeout=10)
         sha = run('rev-parse', 'HEAD')

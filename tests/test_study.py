@@ -28,8 +28,12 @@ def test_misspelt_study_parameter_is_an_error(home):
 
 def test_dask_cluster_gives_the_serial_results(tmp_path):
     from distributed import Client, LocalCluster
+    import torch
     serial, dask = Store(tmp_path/'serial'), Store(tmp_path/'dask')
-    experiment('aa', 'smoke', seeds=2, device='cpu', out_dir=tmp_path/'r1', store=serial, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on Dask's workers (OMP_NUM_THREADS=1): float reductions depend on the thread count
+    try: experiment('aa', 'smoke', seeds=2, device='cpu', out_dir=tmp_path/'r1', store=serial, progress=False)
+    finally: torch.set_num_threads(threads)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         res = experiment('aa', 'smoke', seeds=2, device='cpu', out_dir=tmp_path/'r2', store=dask, scheduler=client, progress=False)
     assert res.computed == 4
