@@ -1,0 +1,138 @@
+"""Sequence-length sweep of the attention arms: forward and forward+backward time and peak memory of the whole masked LM
+(quick-profile model), SDPA vs eager vs blockpool vs elu+1 linear, ratios side by side; caches its rows for the report.
+
+    flock /tmp/lwstudy-cpu.lock python bench/attention.py              # 128 .. 8192, batch 2, and the RSS cross-check
+    python bench/attention.py --lengths 128,512 --repeats 1 --no-rss --no-cache   # a quick look
+"""
+from __future__ import annotations
+import argparse, datetime as dt, json, os, subprocess, sys, time
+import torch
+
+ARMS = {'sdpa': 'sdpa', 'eager': 'eager', 'blockpool': 'lw_blockpool', 'linear': 'lw_linear'}
+
+
+def model_cfg() -> dict:
+    from lwstudy.techniques.attention import MODEL_KEYS, task_params
+    p = task_params('quick')
+    return {k: p[k] for k in MODEL_KEYS} | dict(max_len=max(p['max_len'], 8192))
+
+
+def build(arm: str):
+    from lwstudy.techniques.attention import build_mlm
+    torch.manual_seed(0)  # identical weights for every arm
+    return build_mlm(model_cfg(), ARMS[arm])
+
+
+def measure(arm: str, T: int, batch: int, repeats: int) -> dict:
+    "fwd time (eval, no grad), fwd+bwd time (train), fwd+bwd peak tensor memory, forward FLOPs."
+    from lwstudy.measure import count_flops, peak_memory_mb, time_it
+    from lwstudy.techniques.attention import _long_batch, forward_fn, train_step_fn
+    model = build(arm)
+    b = _long_batch(model.config.vocab_size, T, batch)
+    model.eval()
+    fwd = time_it(forward_fn(model, b), warmup=1, repeats=repeats)['median_s']
+    flops = count_flops(forward_fn(model, b))
+    model.train()
+    step = train_step_fn(model, b)
+    fb = time_it(step, warmup=1, repeats=repeats)['median_s']
+    mem = peak_memory_mb(step)
+    ids = b[0]
+    def encoder_step():  # the encoder alone (no 30k-vocab head): isolates what the attention choice changes
+        model.zero_grad(set_to_none=True)
+        model.distilbert(input_ids=ids).last_hidden_state.square().mean().backward()
+    enc = peak_memory_mb(encoder_step)
+    return dict(T=T, arm=arm, fwd_s=fwd, fwdbwd_s=fb, peak_mb=mem, enc_peak_mb=enc, fwd_gflops=flops / 1e9)
+
+
+def _status(field: str) -> float:
+    for line in open('/proc/self/status'):
+        if line.startswith(field): return int(line.split()[1]) / 1e3  # kB -> MB
+    raise KeyError(field)
+
+
+def rss_child(arm: str, T: int, batch: int):
+    "In a fresh process: peak RSS growth (MB) of one fwd+bwd step over the RSS after building model and batch."
+    from lwstudy.techniques.attention import _long_batch, train_step_fn
+    model = build(arm).train()
+    step = train_step_fn(model, _long_batch(model.config.vocab_size, T, batch))
+    with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM) to the current RSS
+    base = _status('VmRSS:')
+    step()
+    print(json.dumps(dict(arm=arm, T=T, rss_before_mb=base, peak_rss_growth_mb=_status('VmHWM:') - base)))
+
+
+def rss(arm: str, T: int, batch: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, '--rss-child', arm, str(T), str(batch)], capture_output=True, text=True,
+                         env={**os.environ, 'HF_HUB_OFFLINE': '1'}, timeout=900)
+    if out.returncode: raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--lengths', default='128,256,512,1024,2048,4096,8192')
+    ap.add_argument('--batch', type=int, default=2)
+    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--eager-max', type=int, default=4096, help='longest T for eager attention (it materialises T x T)')
+    ap.add_argument('--rss-at', default='4096', help='lengths for the fresh-process peak-RSS cross-check')
+    ap.add_argument('--no-rss', action='store_true')
+    ap.add_argument('--no-cache', action='store_true', help='do not write the cache the report reads')
+    ap.add_argument('--rss-child', nargs=3, metavar=('ARM', 'T', 'BATCH'), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.rss_child:
+        return rss_child(a.rss_child[0], int(a.rss_child[1]), int(a.rss_child[2]))
+
+    import pandas as pd
+    from lwstudy.core import device_name, git_commit
+    from lwstudy.techniques.attention import crossover, sweep_path, sweep_table
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    rows = []
+    for T in [int(t) for t in a.lengths.split(',')]:
+        for arm in ARMS:
+            if arm == 'eager' and T > a.eager_max: continue
+            rows.append(measure(arm, T, a.batch, a.repeats))
+            r = rows[-1]
+            print(f"T={T:5d} {arm:9s} fwd {r['fwd_s']:.4f} s  fwd+bwd {r['fwdbwd_s']:.4f} s  peak {r['peak_mb']:8.1f} MB  "
+                  f"encoder-only peak {r['enc_peak_mb']:8.1f} MB  "
+                  f"fwd {r['fwd_gflops']:.2f} GFLOP", flush=True)
+    rss_rows = [] if a.no_rss else [rss(arm, int(T), a.batch) for T in a.rss_at.split(',') for arm in ARMS
+                                    if not (arm == 'eager' and int(T) > a.eager_max)]
+    pd.set_option('display.width', 250); pd.set_option('display.max_columns', 30)
+    print('\nRatios (same run, side by side):')
+    print(sweep_table(rows).to_string(index=False))
+    for arm in ('blockpool', 'linear'):
+        print(f"crossover {arm} vs sdpa: fwd {crossover(rows, arm, key='fwd_s')}, fwd+bwd {crossover(rows, arm)}, "
+              f"memory {crossover(rows, arm, key='peak_mb')}")
+    if rss_rows:
+        print('\nPeak RSS growth of a fresh process, one fwd+bwd step:')
+        rt = pd.DataFrame(rss_rows); print(rt.to_string(index=False))
+    df = pd.DataFrame(rows).set_index(['T', 'arm'])
+    if (4096, 'sdpa') in df.index:
+        g = lambda arm, k: df.loc[(4096, arm), k]
+        print('\nGoals at T=4096 (issue 3):')
+        print(f"  blockpool fwd+bwd / sdpa = {g('blockpool', 'fwdbwd_s') / g('sdpa', 'fwdbwd_s'):.3f}  (goal <= 0.5)")
+        print(f"  blockpool peak mem / sdpa = {g('blockpool', 'peak_mb') / g('sdpa', 'peak_mb'):.3f}  (goal <= 1)")
+        if (4096, 'eager') in df.index:
+            print(f"  blockpool peak mem / eager = {g('blockpool', 'peak_mb') / g('eager', 'peak_mb'):.3f}  (goal <= 0.25)")
+            print(f"  (encoder only, no MLM head) blockpool / sdpa = {g('blockpool', 'enc_peak_mb') / g('sdpa', 'enc_peak_mb'):.3f}, "
+                  f"blockpool / eager = {g('blockpool', 'enc_peak_mb') / g('eager', 'enc_peak_mb'):.3f}")
+        for r in rss_rows:
+            if r['T'] == 4096 and r['arm'] == 'blockpool':
+                s = next(x for x in rss_rows if x['T'] == 4096 and x['arm'] == 'sdpa')['peak_rss_growth_mb']
+                print(f"  (RSS cross-check) blockpool / sdpa peak RSS growth = {r['peak_rss_growth_mb'] / s:.3f}")
+    load1 = os.getloadavg()
+    cfg = model_cfg()
+    meta = dict(measured=dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), device=device_name('cpu'),
+                git_commit=git_commit(), batch=a.batch, repeats=a.repeats, wall_s=round(time.perf_counter() - t0, 1),
+                load_avg_1min=[round(load0[0], 2), round(load1[0], 2)],
+                model=f"DistilBertForMaskedLM dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, FFN {cfg['hidden_dim']}, "
+                      "attention dropout 0, MLM head on the 15% masked positions",
+                rows=rows, rss=rss_rows)
+    print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} (2 cores)")
+    if not a.no_cache:
+        p = sweep_path(); p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(meta, indent=1))
+        print(f'cached for the report: {p}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,120 @@
+"""attention: blockpool attention against exact attention, the transformers swap, the MLM pieces, and a smoke run."""
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from lwstudy.techniques import attention as A
+
+
+def rand_qkv(B=2, H=3, T=50, d=16, seed=0, dtype=torch.float64, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, T, d, generator=g, dtype=dtype, requires_grad=grad) for _ in range(3)]
+
+
+def padded_mask(B, T, lengths):
+    m = torch.ones(B, T, dtype=torch.bool)
+    for i, n in enumerate(lengths): m[i, n:] = False
+    return m
+
+
+@pytest.mark.parametrize('T,block', [(50, 64), (50, 50), (64, 64), (7, 512)])
+def test_blockpool_is_softmax_attention_when_one_block_covers(T, block):
+    q, k, v = rand_qkv(T=T)
+    km = padded_mask(2, T, [T, max(1, T - 9)])
+    torch.testing.assert_close(A.blockpool_attention(q, k, v, km, block=block), A.softmax_attention(q, k, v, km))
+    torch.testing.assert_close(A.blockpool_attention(q, k, v, block=block), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_blockpool_is_an_approximation_with_several_blocks():
+    q, k, v = rand_qkv(T=64)
+    err = (A.blockpool_attention(q, k, v, block=16) - A.softmax_attention(q, k, v)).abs().max()
+    assert err > 1e-3  # it must not silently be exact attention
+
+
+def test_recomputing_backward_matches_plain_autograd():
+    q, k, v = rand_qkv(T=37, grad=True)
+    km = padded_mask(2, 37, [37, 30])
+    w = torch.randn(2, 3, 37, 16, dtype=torch.float64)
+    grads = []
+    for recompute in (True, False):
+        out = A.blockpool_attention(q, k, v, km, block=8, recompute=recompute)
+        grads.append(torch.autograd.grad((out * w).sum(), (q, k, v)))
+    for a, b in zip(*grads): torch.testing.assert_close(a, b)
+
+
+def test_linear_attention_matches_its_materialised_form():
+    q, k, v = rand_qkv(T=30)
+    km = padded_mask(2, 30, [30, 21])
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    a = (fq @ fk.transpose(-1, -2)) * km[:, None, None, :]
+    torch.testing.assert_close(A.linear_attention(q, k, v, km), (a / a.sum(-1, keepdim=True)) @ v, rtol=1e-7, atol=1e-9)
+
+
+def small(attn, seed=0):
+    torch.manual_seed(seed)
+    return A.build_mlm(dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_len=256), attn).eval()
+
+
+def test_swap_is_configuration_only_and_exact_in_the_covering_limit():
+    ref, bp = small('sdpa'), small('lw_blockpool')
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), bp.state_dict().values()))  # init unchanged
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 5000, (3, 90), generator=g)
+    am = torch.ones_like(ids); am[1, 60:] = 0
+    with torch.no_grad():
+        want = ref(ids, attention_mask=am).logits
+        bp.config.lw_block_size = 128
+        torch.testing.assert_close(bp(ids, attention_mask=am).logits[am.bool()], want[am.bool()], rtol=1e-4, atol=1e-4)
+        bp.config.lw_block_size = None
+        assert (bp(ids, attention_mask=am).logits - want).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize('attn', ['lw_blockpool', 'lw_linear'])
+def test_padding_does_not_leak(attn):
+    m = small(attn)
+    ids = torch.randint(1000, 5000, (2, 80), generator=torch.Generator().manual_seed(2))
+    am = torch.ones_like(ids); am[1, 45:] = 0
+    ids2 = ids.clone(); ids2[1, 45:] = 7
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, attention_mask=am).logits[1, :45], m(ids2, attention_mask=am).logits[1, :45])
+
+
+def test_mask_function_and_bad_mask():
+    assert A.key_padding_mask(2, 5, 5, attention_mask=torch.ones(2, 5, dtype=torch.bool)) is None
+    m = torch.ones(2, 5, dtype=torch.bool); m[0, 3:] = False
+    assert torch.equal(A.key_padding_mask(2, 5, 5, attention_mask=m), m)
+    q, k, v = rand_qkv(T=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match='2-D key-padding mask'):
+        A.hf_blockpool(small('lw_blockpool').distilbert.transformer.layer[0].attention, q, k, v, torch.ones(2, 1, 5, 5))
+
+
+def test_mlm_loss_equals_the_models_own_loss_and_masking_is_seeded():
+    m = small('sdpa')
+    ids = torch.randint(1000, 5000, (4, 64), generator=torch.Generator().manual_seed(3))
+    x, y = A.mask_tokens(ids, torch.Generator().manual_seed(0))
+    x2, y2 = A.mask_tokens(ids, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2) and (y != -100).any()
+    with torch.no_grad(): torch.testing.assert_close(A.mlm_loss(m, (x, y))[0], m(x, labels=y).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_spec_arms_differ_only_in_attention():
+    sp = A.spec('smoke')
+    assert sp.baseline == 'sdpa' and set(sp.arms) == {'sdpa', 'blockpool', 'linear'}
+    base = {k: v for k, v in sp.arms['sdpa'].items() if k != 'attn'}
+    for p in sp.arms.values(): assert {k: v for k, v in p.items() if k != 'attn'} == base
+    assert A.crossover([dict(T=t, arm=a, fwdbwd_s=s) for t, a, s in
+                        [(1, 'sdpa', 1), (1, 'blockpool', 2), (2, 'sdpa', 2), (2, 'blockpool', 1)]], 'blockpool') == 2
+
+
+@pytest.mark.needs_data
+def test_smoke_run_writes_a_report(home):
+    from lwstudy.cli import experiment
+    exp = experiment('attention', profile='smoke', seeds=2, progress=False)
+    page = exp.report.read_text()
+    for s in ('Sequence-length sweep', 'Approximation error on real activations', 'Training curves', 'ptb_text_only'):
+        assert s in page, s
+    assert set(exp.claims.id) == {c.id for c in A._claims()}
+    t = exp.table
+    assert set(t.arm) == {'sdpa', 'blockpool', 'linear'} and not t.standin.any()
+    ppl = t[t.metric == 'ptb_test_ppl'].value
+    assert ((ppl > 1) & (ppl < 30522)).all()

@@ -1,0 +1,133 @@
+"""uncertainty_lr: the entropy signal, the LR rule, the baselines, censoring, and a smoke run to a report."""
+import math
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from lwstudy.techniques import uncertainty_lr as ulr
+
+
+class FakeState:
+    def __init__(self, lr): self.lr, self.step = lr, 0
+    def set_lr(self, lr): self.lr = lr
+
+
+def _drive(sched, us, every, lr0=1.0):
+    st = FakeState(lr0); sched.start(st)
+    for u in us:
+        for _ in range(every): st.step += 1; sched.observe(u, st)
+    return sched.trace
+
+
+def test_entropy_matches_hand_and_scipy():
+    z = torch.log(torch.tensor([[1., 2., 3.]]))
+    hand = math.log(6) / 6 + math.log(3) / 3 + math.log(2) / 2
+    assert ulr.batch_entropy(z, normalise=False) == pytest.approx(hand, abs=1e-6)
+    assert ulr.batch_entropy(z) == pytest.approx(hand / math.log(3), abs=1e-6)
+    zz = torch.randn(16, 10, generator=torch.Generator().manual_seed(1)) * 3
+    ref = np.mean(sps.entropy(torch.softmax(zz, -1).numpy(), axis=1)) / math.log(10)
+    assert ulr.batch_entropy(zz) == pytest.approx(ref, abs=1e-5)
+    qa = torch.zeros(4, 2, 128)  # (B, start/end, T): uniform over positions
+    assert ulr.batch_entropy(qa) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_adaptive_rule_scripted_trace():
+    tr = _drive(ulr.UncertaintyLR(every=3, factor=0.5, beta=0.5, lr_min_frac=0.2), [0.9, 0.8, 0.9, 0.9, 0.95, 0.5, 0.709375], 3)
+    assert [r[-1] for r in tr] == ['init', 'up', 'down', 'down', 'down', 'up', 'hold']
+    assert [r[4] for r in tr] == pytest.approx([1, 1, 0.5, 0.25, 0.2, 0.4, 0.4])
+    assert [r[0] for r in tr] == [3, 6, 9, 12, 15, 18, 21]
+
+
+def test_absolute_rule_bounds_and_ci():
+    tr = _drive(ulr.UncertaintyLR(every=10, mode='absolute', threshold=0.5, lr_min_frac=0.5), [0.8] * 8 + [0.3] * 8, 10)
+    lrs = [r[4] for r in tr]
+    assert min(lrs) == pytest.approx(0.5) and max(lrs) == pytest.approx(1.0)
+    assert lrs[:3] == pytest.approx([0.9, 0.81, 0.729])
+    s = ulr.UncertaintyLR(every=4, mode='absolute', threshold=0.5); st = FakeState(1.0); s.start(st)
+    for h in [0.1, 0.8, 0.1, 0.8]: s.observe(h, st)  # mean below the threshold but within the CI: no raise
+    assert s.trace[-1][-1] == 'hold' and st.lr == 1.0
+    with pytest.raises(ValueError, match='unknown mode'): ulr.UncertaintyLR(mode='relative')
+    with pytest.raises(ValueError, match='unknown schedule'): ulr.make_scheduler('linear', 10)
+
+
+def test_cosine_and_plateau():
+    c = ulr.CosineWarmup(100, 0.1); c.lr0 = 2.0
+    assert [c.lr_at(s) for s in (0, 9, 55, 100)] == pytest.approx([0.2, 2.0, 1.0, 0.0])
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    st = FakeState(1.0); st.opt = opt
+    p = ulr.PlateauLR(factor=0.5, patience=1); p.start(st)
+    for loss in [1.0, 0.9, 0.95, 0.96, 0.97]: p.on_eval(st, loss)
+    assert opt.param_groups[0]['lr'] == pytest.approx(0.5)  # two non-improving passes after the best: one cut
+
+
+def test_censoring_and_time_accounting():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = torch.nn.Linear(5, 3)
+    from lwstudy.train import make_loader
+    never = lambda m: dict(score=0.0, loss=1.0)
+    out = ulr.run_schedule(model, make_loader(x, y, batch_size=8), 'uncertainty', lr=1e-2, steps=20, every=5, eval_every=5,
+                           target=0.5, evaluate_fn=never)
+    assert out['steps_to_target'] == 21 and out['reached'] == 0.0  # censored at budget + 1, not dropped
+    assert out['steps'] == 20 and 0 <= out['sched_overhead_frac'] < 1 and out['train_time_s'] > 0
+    assert [s for s, *_ in out['val_curve']] == [5, 10, 15, 20]
+    assert max(lr for _, lr in out['lr_trace']) <= 1e-2 + 1e-15
+    always = lambda m: dict(score=1.0, loss=0.1)
+    out = ulr.run_schedule(torch.nn.Linear(5, 3), make_loader(x, y, batch_size=8), 'fixed', lr=1e-2, steps=12, every=5,
+                           eval_every=5, target=0.5, evaluate_fn=always)
+    assert out['steps_to_target'] == 5 and out['reached'] == 1.0
+    assert [s for s, *_ in out['val_curve']] == [5, 10, 12]  # a last pass after the final step
+
+
+def test_squad_scores():
+    assert ulr.squad_em_f1('The Eiffel Tower!', ['eiffel tower']) == (1.0, 1.0)
+    assert ulr.squad_em_f1('', []) == (1.0, 1.0) and ulr.squad_em_f1('Paris', []) == (0.0, 0.0)
+    em, f1 = ulr.squad_em_f1('in the city of Paris', ['Paris', 'city of Paris'])
+    assert em == 0.0 and f1 == pytest.approx(2 * 0.75 * 1 / 1.75)
+
+
+def test_spec_shapes():
+    for prof in ('smoke', 'quick', 'full'):
+        sp = ulr.spec(prof)
+        assert set(sp.arms) == set(ulr.SCHEDULES) and sp.baseline == 'fixed'
+        tasks = [a['tasks'] for a in sp.arms.values()]
+        assert all(t == tasks[0] for t in tasks)  # arms differ only in the schedule
+        assert ('squad_v2' in tasks[0]) == (prof == 'full')
+        names = {m.name for m in sp.metrics}
+        for t in tasks[0]: assert {f'{t}_steps_to_target', f'{t}_reached', f'{t}_sched_overhead_frac'} <= names
+        ov = [c for c in sp.claims if c.metric.endswith('overhead_frac')]
+        assert ov and all(c.on == 'value' and c.op == '<' and c.threshold == 0.02 for c in ov)
+    assert ulr.spec('quick').cell_hash('fixed') != ulr.spec('smoke').cell_hash('fixed')
+
+
+def test_smoke_run_to_report(home):
+    from lwstudy.cli import experiment
+    res = experiment('uncertainty_lr', 'smoke', 2, progress=False)
+    assert res.computed == 8
+    t = res.table
+    assert set(t.arm) == set(ulr.SCHEDULES) and set(t.seed) == {0, 1}
+    fixed_lr = t[(t.metric == 'cifar10_final_lr') & (t.arm == 'fixed')].value
+    assert (fixed_lr == ulr.task_params('smoke')['cifar10']['lr']).all()
+    assert len(res.claims) == len(res.spec.claims) and res.claims.verdict.isin(['supported', 'refuted', 'inconclusive']).all()
+    page = res.report.read_text()
+    assert 'LR and entropy traces' in page and 'Validation curves' in page and page.count('data:image/png') >= 3
+    assert experiment('uncertainty_lr', 'smoke', 2, progress=False).computed == 0  # resumed from the store
+
+
+def test_standin_path(home, no_mirror):
+    from lwstudy.data import load
+    assert load('imdb', 'train', 'smoke').attrs['standin'] and load('cifar10', 'train', 'smoke').attrs['standin']
+    p = ulr.task_params('smoke')
+    r = ulr.imdb_task(p['imdb'], 0, 'smoke', 'uncertainty')
+    assert 0 <= r['test_accuracy'] <= 1 and r['steps'] == p['imdb']['steps'] and 0 <= r['test_auc'] <= 1
+    r = ulr.cifar_task(p['cifar10'], 0, 'smoke', 'cosine')
+    assert r['lr_trace'][-1][1] < r['lr_trace'][0][1]  # cosine decays
+
+
+def test_full_needs_real_data(no_mirror):
+    from lwstudy.cli import check_inputs
+    from lwstudy.data import DataUnavailable
+    with pytest.raises(DataUnavailable, match='squad_v2|cifar10|imdb'):
+        check_inputs('uncertainty_lr', 'full', 2)
