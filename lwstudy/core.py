@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import hashlib, json, os, platform, random, subprocess, sys
+import hashlib, importlib.util, json, os, platform, random, subprocess, sys
 from importlib import metadata
 from pathlib import Path
 import numpy as np
@@ -99,7 +99,7 @@ PACKAGES = ('lwstudy', 'torch', 'transformers', 'datasets', 'numpy', 'scipy', 'p
 
 def git_commit(root:Path|None=None) -> str:
     "The commit of the code that runs (the repository holding this package, or `root`), '-dirty' when tracked files changed; 'unknown' outside git."
-    root = root or Path(__file__).resolve().parent
+    root = root or Path(importlib.util.find_spec('lwstudy').origin).parent
     try:
         run = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True, text=True, timeout=10)
         sha = run('rev-parse', 'HEAD')

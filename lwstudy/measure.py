@@ -71,13 +71,16 @@ def peak_memory_mb(fn, device:str|None=None) -> float:
 from torch.utils import flop_counter as _fc
 _aten = torch.ops.aten
 
-@_fc.register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu)
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return _fc.sdpa_flop_count(query_shape, key_shape, value_shape)
 
-@_fc.register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu_backward)
 def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+for _op, _formula in [(_aten._scaled_dot_product_flash_attention_for_cpu, _cpu_sdpa_flop),
+                      (_aten._scaled_dot_product_flash_attention_for_cpu_backward, _cpu_sdpa_backward_flop)]:
+    try: _fc.register_flop_formula(_op)(_formula)
+    except RuntimeError: pass  # already registered (this cell ran before in the same process)
 
 def count_flops(fn) -> int:
     "FLOPs of matrix products and convolutions run by `fn()` (as counted by `FlopCounterMode`)."
