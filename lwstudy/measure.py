@@ -35,6 +35,14 @@ class PeakTensorMemory(TorchDispatchMode):
         super().__init__()
         self.live, self.current, self.peak = {}, 0, 0
 
+    @staticmethod
+    def parts(t):
+        "The strided tensors holding `t`'s data: itself, or a sparse tensor's index and value tensors."
+        if t.layout == torch.sparse_coo: return [t._indices(), t._values()]
+        if t.layout in (torch.sparse_csr, torch.sparse_bsr): return [t.crow_indices(), t.col_indices(), t.values()]
+        if t.layout in (torch.sparse_csc, torch.sparse_bsc): return [t.ccol_indices(), t.row_indices(), t.values()]
+        return [t]
+
     def _track(self, t, known):
         st = t.untyped_storage()
         ptr, n = st.data_ptr(), st.nbytes()
@@ -48,9 +56,9 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         known = set()
-        tree_map_only(torch.Tensor, lambda t: known.add(t.untyped_storage().data_ptr()), (args, kwargs))
+        tree_map_only(torch.Tensor, lambda t: known.update(p.untyped_storage().data_ptr() for p in self.parts(t)), (args, kwargs))
         out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, lambda t: self._track(t, known), out)
+        tree_map_only(torch.Tensor, lambda t: [self._track(p, known) for p in self.parts(t)], out)
         return out
 
     @property

@@ -93,7 +93,7 @@ def test_theory_counts_by_hand():
 def test_sparse_peak_memory_counts_output():
     k = S.to_sparse_kernel(torch.randn(64, 64), S.make_mask(64, 64, 0.5, 1, make_generator(0)), 1)
     x = torch.randn(64, 10)
-    assert S.peak_mb(lambda: k @ x) == pytest.approx(64 * 10 * 4 / 1e6)
+    assert S.peak_memory_mb(lambda: k @ x, "cpu") == pytest.approx(64 * 10 * 4 / 1e6)
 
 
 def test_kernel_support_probe():

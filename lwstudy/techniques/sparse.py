@@ -21,9 +21,8 @@ from ..train import classification_scores, make_loader, predict, train, evaluate
 # %% auto #0
 __all__ = ['ARMS', 'BENCH_JSON', 'make_mask', 'to_sparse_kernel', 'kernel_nnz', 'im2col', 'SparseLinear', 'SparseConv2d',
            'prunable', 'sparsify', 'sparse_layers', 'use_kernels', 'apply_masks', 'kernel_support', 'theory',
-           'sparse_state_dict', 'storage_mb', 'EncoderBlock', 'TextEncoder', 'text_tensors', 'SparsePeakMemory',
-           'peak_mb', 'run_model', 'fit', 'sizes', 'layer_shapes', 'kernel_sweep', 'break_even', 'sweep_figure',
-           'sections', 'spec']
+           'sparse_state_dict', 'storage_mb', 'EncoderBlock', 'TextEncoder', 'text_tensors', 'run_model', 'fit',
+           'sizes', 'layer_shapes', 'kernel_sweep', 'break_even', 'sweep_figure', 'sections', 'spec']
 
 # %% ../../nbs/30_sparse.ipynb #c005
 def make_mask(rows:int, # rows of the weight matrix (output features)
@@ -251,35 +250,13 @@ def text_tensors(profile:str, n_train:int, n_test:int, seq_len:int, vocab:int):
 # %% ../../nbs/30_sparse.ipynb #c037
 _SPARSE = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc, torch.sparse_coo)
 
-def _dense_parts(t:torch.Tensor) -> list:
-    "The strided tensors holding a tensor's data: itself, or a sparse tensor's index and value tensors."
-    if t.layout == torch.sparse_coo: return [t._indices(), t._values()]
-    if t.layout in (torch.sparse_csr, torch.sparse_bsr): return [t.crow_indices(), t.col_indices(), t.values()]
-    if t.layout in (torch.sparse_csc, torch.sparse_bsc): return [t.ccol_indices(), t.row_indices(), t.values()]
-    return [t]
-
-class SparsePeakMemory(PeakTensorMemory):
-    "`PeakTensorMemory` that also accepts sparse tensors (it counts their index and value storages)."
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        known = set()
-        tree_map_only(torch.Tensor, lambda t: known.update(p.untyped_storage().data_ptr() for p in _dense_parts(t)), (args, kwargs))
-        out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, lambda t: [self._track(p, known) for p in _dense_parts(t)], out)
-        return out
-
-def peak_mb(fn) -> float:
-    "Peak MB of tensor memory allocated by `fn()` (CPU; sparse tensors allowed); `lwstudy.measure.peak_memory_mb` on CUDA."
-    if current_device() == 'cuda': return peak_memory_mb(fn)
-    with SparsePeakMemory() as m: fn()
-    return m.peak_mb
-
 # %% ../../nbs/30_sparse.ipynb #c039
 def _infer_stats(model, x, repeats:int) -> tuple[float, float]:
     "Median forward wall time (ms) and peak tensor memory (MB) of `model(x)`, no grad."
     model.eval()
     with torch.no_grad():
         t = time_it(lambda: model(x), warmup=1, repeats=repeats)['median_s'] * 1e3
-        mem = peak_mb(lambda: model(x))
+        mem = peak_memory_mb(lambda: model(x))
     return t, mem
 
 def _train_step_mb(model, batch, lr) -> float:
@@ -288,7 +265,7 @@ def _train_step_mb(model, batch, lr) -> float:
     def step():
         loss = F.cross_entropy(model(batch[0]), batch[1]); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     model.train(); step()  # creates the optimiser state, then measure a step that reuses it
-    return peak_mb(step)
+    return peak_memory_mb(step)
 
 def run_model(prefix:str, build, data, params:dict, seed:int, infer_x) -> dict:
     "Train one model of an arm masked dense, then measure accuracy, theory, realised inference, training and storage."
@@ -408,14 +385,14 @@ def kernel_sweep(shapes, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), blocks=(1, 4, 16
             w, x = torch.randn(o, i, generator=gen), torch.randn(n, i, generator=gen)
             dense = lambda: F.linear(x, w)
             d_ms = time_it(dense, 1, repeats)['min_s'] * 1e3  # the minimum: least disturbed by other work on a shared CPU
-            d_mb = peak_mb(dense) + w.numel() * 4 / 1e6 if memory else float('nan')
+            d_mb = peak_memory_mb(dense) + w.numel() * 4 / 1e6 if memory else float('nan')
             for s in sparsities:
                 for b in blocks:
                     if o % b or i % b: continue
                     k = to_sparse_kernel(w, make_mask(o, i, s, b, gen), b)
                     f = lambda: (k @ x.T).T
                     ms = time_it(f, 1, repeats)['min_s'] * 1e3
-                    mb = peak_mb(f) + sum(t.numel() * t.element_size() for t in (k.crow_indices(), k.col_indices(), k.values())) / 1e6 if memory else float('nan')
+                    mb = peak_memory_mb(f) + sum(t.numel() * t.element_size() for t in (k.crow_indices(), k.col_indices(), k.values())) / 1e6 if memory else float('nan')
                     rows.append(dict(shape=name, out=o, inp=i, cols=n, sparsity=s, rep=_rep_name(b), dense_ms=d_ms, sparse_ms=ms,
                                      speedup=d_ms / ms, dense_mb=d_mb, sparse_mb=mb))
     return rows
