@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #c002
 from __future__ import annotations
-import argparse, sys
+import argparse, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
@@ -42,23 +42,26 @@ def check_parameter_names(given, allowed=EXPERIMENT_PARAMETERS) -> None:
 # %% ../nbs/09_cli.ipynb #c008
 @dataclass
 class Experiment:
-    "What a run leaves: the spec, its results, the computed tables and the report's path."
+    "What a run leaves: the spec, its results, the computed tables, the report's path, cells computed and wall time."
     spec: Spec
     table: pd.DataFrame
     metrics: pd.DataFrame
     claims: pd.DataFrame
     report: Path
     computed: int
+    wall_s: float  # this call, start to report written (stored cells cost only their reading)
 
 def experiment(technique:str, profile:str='quick', seeds=5, device:str='auto', out_dir:str='reports',
                scheduler='local', store:Store|None=None, progress:bool=True) -> Experiment:
     "Check inputs, compute missing cells (stored ones are reused), and write the report."
+    t0 = time.perf_counter()
     spec = check_inputs(technique, profile, seeds, device, scheduler)
     store = store or Store()
     done = run(spec, seeds, profile, device, store, scheduler, progress)
     table = results_table(spec, profile, store, seeds)
     page = write_report(spec, profile, out_dir, store, seeds)
-    return Experiment(spec, table, metric_table(spec, table), claim_table(spec, table), page, len(done))
+    return Experiment(spec, table, metric_table(spec, table), claim_table(spec, table), page, len(done),
+                      time.perf_counter() - t0)
 
 # %% ../nbs/09_cli.ipynb #c010
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         elif args.command == 'run':
             res = experiment(args.technique, args.profile, args.seeds, args.device, args.out_dir, args.scheduler)
             print(res.claims[['id', 'estimate', 'lo', 'hi', 'p_holm', 'verdict']].to_string(index=False))
-            print(f'report: {res.report} ({res.computed} cells computed, the rest reused)')
+            print(f'report: {res.report} ({res.computed} cells computed, the rest reused; {res.wall_s:.1f} s)')
         else:
             check_choice('profile', args.profile, PROFILES); seed_list(args.seeds)
             print(f'report: {write_report(get_spec(args.technique, args.profile), args.profile, args.out_dir, seeds=args.seeds)}')

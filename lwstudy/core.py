@@ -123,4 +123,5 @@ def device_name(device:str) -> str:
 def environment(device:str='cpu') -> dict:
     "Provenance for a result: commit, versions, python, platform and device."
     return dict(git_commit=git_commit(), python=platform.python_version(), platform=platform.platform(),
+                host=platform.node(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 device=device, device_name=device_name(device), versions=package_versions())

@@ -128,11 +128,15 @@ def load_pretrained(name:str='minilm', attn_implementation:str='sdpa'):
 
 # %% ../nbs/02_models.ipynb #c017
 def distilbert_mlm(vocab_size:int=30522, dim:int=128, n_layers:int=2, n_heads:int=2, hidden_dim:int=512,
-                   max_len:int=512, dropout:float=0.1, attn_implementation:str='sdpa'):
+                   max_len:int=512, dropout:float=0.1, attn_implementation:str='sdpa',
+                   attention_dropout:float|None=None, # dropout on the attention weights; None: same as `dropout`
+                  ):
     "A `DistilBertForMaskedLM` of the given size, freshly initialised (std 0.02)."
     from transformers import AutoModelForMaskedLM, DistilBertConfig
+    attention_dropout = dropout if attention_dropout is None else attention_dropout
     cfg = DistilBertConfig(vocab_size=vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads, hidden_dim=hidden_dim,
-                           max_position_embeddings=max_len, dropout=dropout, attention_dropout=dropout, initializer_range=0.02)
+                           max_position_embeddings=max_len, dropout=dropout, attention_dropout=attention_dropout,
+                           initializer_range=0.02)
     return AutoModelForMaskedLM.from_config(cfg, attn_implementation=attn_implementation)
 
 # %% ../nbs/02_models.ipynb #c020

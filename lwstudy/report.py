@@ -27,7 +27,7 @@ def metric_table(spec:Spec, table:pd.DataFrame) -> pd.DataFrame:
             b, t, seeds = paired(table, m.name, arm, spec.baseline)
             if len(seeds) < 2: continue
             rows.append(dict(metric=m.name, unit=m.unit, higher_is_better=m.higher_is_better, arm=arm, vs=spec.baseline,
-                             **stats.compare(b, t, m.higher_is_better, m.scale)))
+                             **stats.compare(b, t, m.higher_is_better, m.scale, exact=m.exact)))
     out = pd.DataFrame(rows)
     if len(out): out['p_holm'] = stats.holm(out.p_t)
     return out
@@ -44,7 +44,7 @@ def claim_table(spec:Spec, table:pd.DataFrame, alpha:float=0.05) -> pd.DataFrame
     rows = []
     for c in spec.claims:
         q = claim_values(spec, table, c)
-        res = stats.claim_test(q, c.threshold, c.op, c.on) if len(q) >= 2 else dict(estimate=np.nan, lo=np.nan, hi=np.nan, p=np.nan, holds=False)
+        res = stats.claim_test(q, c.threshold, c.op, c.on, exact=spec.metric(c.metric).exact) if len(q) >= 2 else dict(estimate=np.nan, lo=np.nan, hi=np.nan, p=np.nan, holds=False)
         rows.append(dict(id=c.id, claim=c.text, source=c.source, metric=c.metric, arm=c.arm,
                          vs=None if c.on == 'value' else (c.vs or spec.baseline), on=c.on, op=c.op, threshold=c.threshold,
                          n=len(q), **res))
@@ -149,10 +149,12 @@ def provenance_html(records:list[dict], table:pd.DataFrame|None=None) -> str:
     env = records[-1]['provenance']
     commits = sorted({r['provenance']['git_commit'] for r in records})
     devices = sorted({f"{r['provenance']['device']} ({r['provenance']['device_name']})" for r in records})
+    hosts = sorted({f"{r['provenance'].get('host', '?')} ({r['provenance'].get('cpus', '?')} CPUs)" for r in records})
     versions = ', '.join(f'{k} {v}' for k, v in env['versions'].items())
     cellt = pd.DataFrame([dict(arm=r['arm'], seed=r['seed'], started=r['started'][:19], wall_s=round(r['wall_s'], 2))
                           for r in sorted(records, key=lambda r: r['started'])])
     return (f"<p>git commit(s): <code>{html.escape(', '.join(commits))}</code><br>device(s): {html.escape('; '.join(devices))}<br>"
+            f"host(s): {html.escape('; '.join(hosts))}<br>"
             f"python {env['python']} on {html.escape(env['platform'])}<br>{html.escape(versions)}</p>"
             f"<details><summary>Every cell ({len(records)}), total {fmt(sum(r['wall_s'] for r in records), 3)} s</summary>{_table(cellt)}</details>")
 
@@ -161,7 +163,7 @@ def render_html(spec:Spec, table:pd.DataFrame, records:list[dict], profile:str, 
     mt, ct = metric_table(spec, table), claim_table(spec, table)
     seeds = sorted(table.seed.unique())
     fig = fig_to_img(paired_plot(spec, table)) if len(table) else '<p>No results.</p>'
-    arms = pd.DataFrame([dict(arm=a, **{k: str(v) for k, v in p.items()}) for a, p in spec.arms.items()])
+    arms = pd.DataFrame([{'arm': a} | {(f'{k} (param)' if k == 'arm' else k): str(v) for k, v in p.items()} for a, p in spec.arms.items()])
     notes = ''.join(f'<li>{html.escape(n)}</li>' for n in spec.notes)
     extra_html = ''.join(f'<h2>{html.escape(t)}</h2>{h}' for t, h in (extra or []))
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>lwstudy: {html.escape(spec.name)}</title><style>{CSS}</style></head><body>

@@ -27,6 +27,7 @@ class Metric:
     unit: str = ''
     scale: str = 'diff'  # 'diff' | 'ratio'
     doc: str = ''
+    exact: bool = False  # computed, not sampled (FLOPs, sizes): no seed-to-seed noise, so zero spread means certainty
 
 @dataclass(frozen=True)
 class Claim:
@@ -68,7 +69,10 @@ class Spec:
             check_choice(f'comparison of claim {c.id}', c.on, ('diff', 'ratio', 'value'))
             check_choice(f'op of claim {c.id}', c.op, ('>', '<'))
 
-    def metric(self, name): return next(m for m in self.metrics if m.name == name)
+    def metric(self, name):
+        for m in self.metrics:
+            if m.name == name: return m
+        raise KeyError(f"unknown metric {name!r} in {self.name}; allowed: {', '.join(m.name for m in self.metrics)}")
     def cell_hash(self, arm): return param_hash(dict(params=self.arms[arm], version=self.version))
 
 # %% ../nbs/06_runner.ipynb #c007
@@ -224,9 +228,9 @@ def paired(table:pd.DataFrame, metric:str, arm:str, vs:str) -> tuple[np.ndarray,
 
 # %% ../nbs/06_runner.ipynb #c021
 def _toy_fit(params, seed, profile):
-    "A stand-in cell for the runner's own tests: score = noise(seed) + effect."
-    rng = np.random.default_rng(seed)
-    return dict(score=float(rng.normal() + params['effect']), note=f"effect {params['effect']}", curve=[1, 2, 3])
+    "A stand-in cell for the runner's own tests: score = shared noise(seed) + effect + small noise(seed, arm)."
+    shared, own = np.random.default_rng(seed).normal(), np.random.default_rng([seed, round(1000 * params['effect'])]).normal()
+    return dict(score=float(shared + params['effect'] + 0.1 * own), note=f"effect {params['effect']}", curve=[1, 2, 3])
 
 def toy_spec(profile='smoke', effect=1.0) -> Spec:
     "The runner's worked example (not a study technique)."

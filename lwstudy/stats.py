@@ -31,16 +31,17 @@ def paired_diff_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
     "Mean paired difference (treat − base) with its confidence interval."
     return mean_ci(_arr(treat) - _arr(base), conf)
 
-def _degenerate_p(q, null:float=0.0) -> float|None:
-    "p for a quantity with no spread: 0 if it differs from `null`, 1 if equal; None when it has spread."
+def _degenerate_p(q, null:float=0.0, exact:bool=False) -> float|None:
+    "One-sided p for a quantity with no spread (None when it has spread): 1 at `null`; else 0 if `exact`, the sign test's 0.5^n if not."
     q = _arr(q)
     if np.ptp(q) > 1e-12 * max(1.0, np.abs(q).max()): return None
-    return 1.0 if np.isclose(q.mean(), null, rtol=1e-12, atol=1e-15) else 0.0
+    if np.isclose(q.mean(), null, rtol=1e-12, atol=1e-15): return 1.0
+    return 0.0 if exact else 0.5 ** len(q)
 
-def paired_t(base, treat) -> float:
-    "Two-sided p of the paired t-test (`scipy.stats.ttest_rel`)."
-    d = _degenerate_p(_arr(treat) - _arr(base))
-    if d is not None: return d
+def paired_t(base, treat, exact:bool=False) -> float:
+    "Two-sided p of the paired t-test (`scipy.stats.ttest_rel`); zero-spread differences: see `_degenerate_p`."
+    d = _degenerate_p(_arr(treat) - _arr(base), exact=exact)
+    if d is not None: return min(1.0, 2 * d)
     return float(stats.ttest_rel(treat, base).pvalue)
 
 def wilcoxon_p(base, treat) -> float:
@@ -66,22 +67,22 @@ def log_ratio_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
 # %% ../nbs/05_stats.ipynb #c009
 OPS = ('>', '<')
 
-def one_sided_p(q, threshold:float=0.0, op:str='>') -> float:
-    "p of H0 'mean(q) is not op threshold' (one-sample t-test, `scipy.stats.ttest_1samp`)."
+def one_sided_p(q, threshold:float=0.0, op:str='>', exact:bool=False) -> float:
+    "p of H0 'mean(q) is not op threshold' (one-sample t-test, `scipy.stats.ttest_1samp`; zero spread: `_degenerate_p`)."
     if op not in OPS: raise ValueError(f"unknown op {op!r}; allowed: {', '.join(OPS)}")
     q = _arr(q)
-    d = _degenerate_p(q, threshold)
+    d = _degenerate_p(q, threshold, exact)
     if d is not None:
-        return 0.0 if (q.mean() > threshold if op == '>' else q.mean() < threshold) else 1.0
+        return d if (q.mean() > threshold if op == '>' else q.mean() < threshold) else 1.0
     return float(stats.ttest_1samp(q, threshold, alternative='greater' if op == '>' else 'less').pvalue)
 
-def noninferiority_p(base, treat, margin:float, higher_is_better:bool=True, scale:str='diff') -> float:
+def noninferiority_p(base, treat, margin:float, higher_is_better:bool=True, scale:str='diff', exact:bool=False) -> float:
     "TOST non-inferiority p: H0 'treat is worse than base by at least `margin`' (a difference, or a ratio margin like 0.95)."
     if scale == 'ratio':
         q, thr = np.log(_arr(treat)) - np.log(_arr(base)), np.log(margin)
     else:
         q, thr = _arr(treat) - _arr(base), (-margin if higher_is_better else margin)
-    return one_sided_p(q, thr, '>' if higher_is_better else '<')
+    return one_sided_p(q, thr, '>' if higher_is_better else '<', exact)
 
 # %% ../nbs/05_stats.ipynb #c012
 def holm(pvals) -> np.ndarray:
@@ -108,7 +109,7 @@ def mde_dz(n:int, alpha:float=0.05, power:float=0.8) -> float:
     return float(optimize.brentq(lambda d: power_paired(d, n, alpha) - power, 1e-6, 50))
 
 # %% ../nbs/05_stats.ipynb #c018
-def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:float=0.95) -> dict:
+def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:float=0.95, exact:bool=False) -> dict:
     "Per-arm mean/sd, paired difference with CI, t and Wilcoxon p, d_z, the MDE and (ratio scale) the ratio CI."
     base, treat = _arr(base), _arr(treat)
     if len(base) != len(treat): raise ValueError(f'unpaired: {len(base)} baseline vs {len(treat)} treatment values')
@@ -116,7 +117,7 @@ def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:floa
     diff, lo, hi = paired_diff_ci(base, treat, conf)
     sd_diff = float(np.std(treat - base, ddof=1)) if len(base) > 1 else float('nan')
     row = dict(n=len(base), base_mean=bd['mean'], base_sd=bd['sd'], treat_mean=td['mean'], treat_sd=td['sd'],
-               diff=diff, diff_lo=lo, diff_hi=hi, p_t=paired_t(base, treat), p_wilcoxon=wilcoxon_p(base, treat),
+               diff=diff, diff_lo=lo, diff_hi=hi, p_t=paired_t(base, treat, exact), p_wilcoxon=wilcoxon_p(base, treat),
                d_z=cohens_dz(base, treat), mde=mde_dz(len(base)) * sd_diff,
                better=bool(diff > 0) if higher_is_better else bool(diff < 0))
     if scale == 'ratio' and (base > 0).all() and (treat > 0).all():
@@ -126,7 +127,9 @@ def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:floa
 # %% ../nbs/05_stats.ipynb #c021
 VERDICTS = ('supported', 'refuted', 'inconclusive')
 
-def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95) -> dict:
+def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95,
+               exact:bool=False, # `q` is computed, not sampled (FLOPs, sizes): zero spread then means certainty
+              ) -> dict:
     "Estimate, CI and two-sided p of per-seed quantity `q` against `threshold` (log scale when `on='ratio'`)."
     q = _arr(q)
     if on == 'ratio':
@@ -135,7 +138,7 @@ def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95) -
         lq, lt = np.log(q), np.log(threshold)
     else:
         (m, lo, hi), lq, lt = mean_ci(q, conf), q, threshold
-    p = min(1.0, 2 * min(one_sided_p(lq, lt, '>'), one_sided_p(lq, lt, '<')))
+    p = min(1.0, 2 * min(one_sided_p(lq, lt, '>', exact), one_sided_p(lq, lt, '<', exact)))
     return dict(estimate=m, lo=lo, hi=hi, p=p, holds=bool(m > threshold if op == '>' else m < threshold))
 
 def verdict(p_adj:float, holds:bool, alpha:float=0.05) -> str:

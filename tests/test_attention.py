@@ -69,6 +69,29 @@ def test_swap_is_configuration_only_and_exact_in_the_covering_limit():
         assert (bp(ids, attention_mask=am).logits - want).abs().max() > 1e-4
 
 
+def test_attention_dropout_is_passed_through_and_hidden_dropout_kept():
+    cfg = dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_len=64)
+    for p in (0.0, 0.05):
+        m = A.build_mlm(cfg, 'lw_blockpool', p)
+        assert (m.config.attention_dropout, m.config.dropout) == (p, 0.1)
+        assert {x.dropout.p for x in m.modules() if type(x).__name__ == 'DistilBertSelfAttention'} == {p}
+
+
+def test_weight_independent_costs_are_cached_per_arm_and_match_a_fresh_measurement():
+    cfg = dict(dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_len=128)
+    eb = A.mask_tokens(torch.randint(999, 30522, (2, 64), generator=torch.Generator().manual_seed(5)),
+                       torch.Generator().manual_seed(6), bert_mix=False)
+    cost = lambda seed, attn='lw_blockpool': (torch.manual_seed(seed), A.cost_metrics(A.build_mlm(cfg, attn), cfg, eb, 128, 1, 1))[1]
+    A._static_cache.clear()
+    c1 = cost(1); c2 = cost(2)
+    assert len(A._static_cache) == 3  # the second seed reused them
+    A._static_cache.clear()
+    c3 = cost(2); c4 = cost(2, 'sdpa')  # fresh measurement; another arm gets its own entries
+    assert len(A._static_cache) == 6
+    for k in ('infer_peak_mb', 'fwd_gflops', 'long_peak_mb'): assert c1[k] == c2[k] == c3[k]
+    assert c4['fwd_gflops'] != c3['fwd_gflops']
+
+
 @pytest.mark.parametrize('attn', ['lw_blockpool', 'lw_linear'])
 def test_padding_does_not_leak(attn):
     m = small(attn)
@@ -111,10 +134,12 @@ def test_smoke_run_writes_a_report(home):
     from lwstudy.cli import experiment
     exp = experiment('attention', profile='smoke', seeds=2, progress=False)
     page = exp.report.read_text()
-    for s in ('Sequence-length sweep', 'Approximation error on real activations', 'Training curves', 'ptb_text_only'):
+    for s in ('Sequence-length sweep', 'Approximation error on real activations', 'Quality at this training budget',
+              'Training curves', 'ptb_text_only'):
         assert s in page, s
     assert set(exp.claims.id) == {c.id for c in A._claims()}
     t = exp.table
     assert set(t.arm) == {'sdpa', 'blockpool', 'linear'} and not t.standin.any()
     ppl = t[t.metric == 'ptb_test_ppl'].value
     assert ((ppl > 1) & (ppl < 30522)).all()
+    assert (t[t.metric == 'ptb_test_distinct_preds'].value >= 1).all()

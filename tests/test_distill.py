@@ -1,4 +1,5 @@
-"""distill: the loss and layer maps by hand, the teacher cache, and a small paired run end to end (smoke profile)."""
+"""distill: the loss and layer maps by hand, the teacher caches, a small paired run end to end, and the vision half on the
+CIFAR-10 mirror and on its digits stand-in (smoke profile)."""
 import dataclasses
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ def test_layer_maps():
     assert [t for _, t in d.layer_map('all', 6, 3)] == list(range(6))
     with pytest.raises(BadInput, match='layer scheme'): d.layer_map('first2', 6, 3)
     with pytest.raises(ValueError): d.layer_map('every_other', 6, 4)
+    assert d.layer_map('all', 4, 4) == [(k, k) for k in range(4)]  # ResNet-50 -> ResNet-18 stages
+    assert d.layer_map('last3', 4, 4) == [(1, 1), (2, 2), (3, 3)] and d.layer_map('every_other', 4, 4) == [(1, 1), (3, 3)]
 
 
 def test_loss_by_hand():
@@ -36,6 +39,21 @@ def test_loss_by_hand():
     hs, ht = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
     ht[0, 1] = 100.0  # a padded position: must not count
     assert float(d.masked_mse(hs, ht, torch.tensor([[1, 0]]))) == pytest.approx(1.0)
+    # feature maps: a 1x1 convolution from 1 to 2 channels (weights 2 and -1, no bias) against a teacher of zeros
+    proj = d.make_projection(d.resnet18(width=4), 1, 2)
+    with torch.no_grad(): proj.weight.copy_(torch.tensor([2., -1.]).reshape(2, 1, 1, 1)); proj.bias.zero_()
+    fs = torch.tensor([1., 3.]).reshape(1, 1, 1, 2)
+    with torch.no_grad(): assert float(d.masked_mse(proj(fs), torch.zeros(1, 2, 1, 2))) == pytest.approx((4 + 36 + 1 + 9) / 4)
+
+
+def test_resnet_hooks_capture_the_stages():
+    t, s = d.resnet50(width=4).eval(), d.resnet18(width=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for m, dims in ((t, [16, 32, 64, 128]), (s, [4, 8, 16, 32])):
+        assert d.hidden_dims(m) == dims
+        with torch.no_grad(), d.HiddenCapture(m, d.hidden_paths(m)) as cap: m(x)
+        assert [tuple(cap.outputs[p].shape) for p in d.hidden_paths(m)] == [(2, c, 32 >> k, 32 >> k) for k, c in enumerate(dims)]
+        with torch.no_grad(): assert torch.allclose(cap.outputs['layer2'], m.layer2(m.layer1(m.stem(x))), atol=1e-6)
 
 
 def test_student_holds_chosen_layers():
@@ -87,9 +105,15 @@ def test_small_paired_run_and_report(home, cache):
     assert np.allclose(v.accuracy_retention, v.accuracy / v.teacher_accuracy)
     assert (v.speedup_vs_teacher > 0).all() and (v.train_peak_mb > 0).all()
     assert (v.student_params < v.teacher_params).all()
+    # the vision half of the same cells
+    assert (v.loc['alone_fp32', 'vision_teacher_cost_s'] == 0).all() and (v.loc['last3_fp32', 'vision_teacher_cost_s'] > 0).all()
+    assert (v.loc['last3_fp32', 'vision_n_hidden_pairs'] == 3).all() and (v.loc['alone_fp32', 'vision_n_hidden_pairs'] == 0).all()
+    assert v.vision_teacher_accuracy.nunique() == 1
+    assert np.allclose(v.vision_accuracy_retention, v.vision_accuracy / v.vision_teacher_accuracy)
+    assert (v.vision_speedup_vs_teacher > 0).all() and (v.vision_student_params < v.vision_teacher_params).all()
     page = write_report(spec, 'smoke', home / 'reports', store)
     text = page.read_text()
-    assert 'Goals: speed-up and accuracy retention' in text and 'one-off cost' in text
+    assert 'Goals: speed-up and accuracy retention' in text and 'one-off cost' in text and 'ResNet-50 -&gt; ResNet-18' in text
 
 
 @pytest.mark.needs_data
@@ -97,3 +121,41 @@ def test_quick_reads_the_glue_validation_set():
     p = d.task_params('quick')
     _, val, source = d.sst2_tokens(dict(p, teacher='minilm'), 'quick')
     assert len(val) == 872 and 'mirror' in source
+
+
+def _vision_cells(profile='smoke'):
+    "The vision half of the alone and last3 cells of seed 0."
+    a = d.arms(profile)
+    return {k: d.fit_vision(d.vision_params(a[k]), 0, profile, 'cpu') for k in ('alone_fp32', 'last3_fp32')}
+
+
+def _check_vision_cells(out, source_word):
+    alone, dist = out['alone_fp32'], out['last3_fp32']
+    for o in out.values():
+        assert source_word in o['data'] and 0 <= o['accuracy'] <= 1 and o['speedup_vs_teacher'] > 0 and o['train_peak_mb'] > 0
+        assert o['accuracy_retention'] == pytest.approx(o['accuracy'] / o['teacher_accuracy'])
+    assert (alone['n_hidden_pairs'], alone['teacher_cost_s'], alone['teacher_cache_mb']) == (0, 0.0, 0.0)
+    assert dist['hidden_pairs'] == '[(1, 1), (2, 2), (3, 3)]' and dist['teacher_cache_mb'] > 0 and dist['teacher_cost_s'] > 0
+    assert alone['teacher_accuracy'] == dist['teacher_accuracy']  # one teacher
+    assert dist['final_loss'] > dist['final_ce']  # the distilled objective adds KL and hidden terms
+
+
+def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):
+    vp = d.vision_params(d.arms('smoke')['last3_fp32'])
+    train_im, test_im, source = d.cifar_images(vp, 'smoke')
+    assert 'digits' in source and train_im.x.shape[1:] == (3, 16, 16) and len(test_im) == vp['n_test']
+    out = _vision_cells()
+    _check_vision_cells(out, 'digits')
+    monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
+    t, rec = d.get_vision_teacher(vp, 'smoke')
+    cached = d.vision_teacher_outputs(t, vp, 'smoke', rec)
+    with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0]], t(train_im.x[[2, 0]]), atol=1e-4)
+    assert [tuple(cached['hidden'][k].shape[1:]) for k in range(4)] == [(4 * 4 * 2 ** k, 16 >> k, 16 >> k) for k in range(4)]  # smoke: 16-pixel images
+
+
+@pytest.mark.needs_data
+def test_vision_on_cifar10_mirror(cache):
+    vp = d.vision_params(d.arms('smoke')['last3_fp32'])
+    train_im, _, source = d.cifar_images(vp, 'smoke')
+    assert source.count('mirror') == 2 and 'cifar10' in source and set(train_im.labels.tolist()) <= set(range(10))
+    _check_vision_cells(_vision_cells(), 'cifar10')

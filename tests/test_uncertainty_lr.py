@@ -34,7 +34,7 @@ def test_entropy_matches_hand_and_scipy():
 
 
 def test_adaptive_rule_scripted_trace():
-    tr = _drive(ulr.UncertaintyLR(every=3, factor=0.5, beta=0.5, lr_min_frac=0.2), [0.9, 0.8, 0.9, 0.9, 0.95, 0.5, 0.709375], 3)
+    tr = _drive(ulr.UncertaintyLR(every=3, factor=0.5, mode='adaptive', beta=0.5, lr_min_frac=0.2), [0.9, 0.8, 0.9, 0.9, 0.95, 0.5, 0.709375], 3)
     assert [r[-1] for r in tr] == ['init', 'up', 'down', 'down', 'down', 'up', 'hold']
     assert [r[4] for r in tr] == pytest.approx([1, 1, 0.5, 0.25, 0.2, 0.4, 0.4])
     assert [r[0] for r in tr] == [3, 6, 9, 12, 15, 18, 21]
@@ -49,6 +49,22 @@ def test_absolute_rule_bounds_and_ci():
     for h in [0.1, 0.8, 0.1, 0.8]: s.observe(h, st)  # mean below the threshold but within the CI: no raise
     assert s.trace[-1][-1] == 'hold' and st.lr == 1.0
     with pytest.raises(ValueError, match='unknown mode'): ulr.UncertaintyLR(mode='relative')
+    # cut, floor, hold at the threshold, hold within the CI, raise beyond the CI, cap at LR0 (the notebook's table)
+    s = ulr.UncertaintyLR(every=4, lr_min_frac=0.7); st = FakeState(1.0); s.start(st)
+    hs = ([0.8] * 4 + [0.7] * 4 + [0.6] * 4 + [0.9] * 8 + [0.5] * 4 + [0.1, 0.8, 0.1, 0.8] + [0.3, 0.35, 0.3, 0.35]
+          + [0.3] * 12 + [0.45] * 4)
+    for h in hs: st.step += 1; s.observe(h, st)
+    assert [r[-1] for r in s.trace] == ['down'] * 5 + ['hold'] * 2 + ['up'] * 5
+    assert [r[4] for r in s.trace] == pytest.approx([0.9, 0.81, 0.729, 0.7, 0.7, 0.7, 0.7, 0.7 / 0.9, 0.7 / 0.81, 0.7 / 0.729, 1, 1])
+    # a plateau above the threshold: geometric decay to the experiment's floor 0.01 x LR0
+    lrs = [r[4] for r in _drive(ulr.make_scheduler('uncertainty', 600, every=10), [0.8] * 60, 10)]
+    assert lrs[:43] == pytest.approx(0.9 ** np.arange(1, 44)) and lrs[43:] == pytest.approx([0.01] * 17)
+
+
+def test_experiment_arm_is_the_fixed_threshold_rule():
+    s = ulr.make_scheduler('uncertainty', 100, every=10)
+    assert (s.mode, s.threshold, s.factor, s.lr_min_frac, s.every) == ('absolute', ulr.ENTROPY_THRESHOLD, 0.9, 0.01, 10)
+    assert ulr.ENTROPY_THRESHOLD == 0.5 and ulr.spec('quick').version >= 2
     with pytest.raises(ValueError, match='unknown schedule'): ulr.make_scheduler('linear', 10)
 
 
@@ -110,9 +126,19 @@ def test_smoke_run_to_report(home):
     assert set(t.arm) == set(ulr.SCHEDULES) and set(t.seed) == {0, 1}
     fixed_lr = t[(t.metric == 'cifar10_final_lr') & (t.arm == 'fixed')].value
     assert (fixed_lr == ulr.task_params('smoke')['cifar10']['lr']).all()
+    # the uncertainty rule must act on real training runs (the adaptive rule once silently never did)
+    from lwstudy.runner import Store
+    recs = [r for r in Store().records('uncertainty_lr', 'smoke') if r['arm'] == 'uncertainty']
+    assert len(recs) == 2
+    for r in recs:
+        for task in ('cifar10', 'imdb'):
+            assert len({lr for _, lr in r['series'][f'{task}_lr_trace']}) > 1, (task, r['seed'])
+            assert r['metrics'][f'{task}_final_lr'] < ulr.task_params('smoke')[task]['lr']
+            assert r['info'][f'{task}_rule_actions'].startswith('cut ') and not r['info'][f'{task}_rule_actions'].startswith('cut 0,')
     assert len(res.claims) == len(res.spec.claims) and res.claims.verdict.isin(['supported', 'refuted', 'inconclusive']).all()
     page = res.report.read_text()
     assert 'LR and entropy traces' in page and 'Validation curves' in page and page.count('data:image/png') >= 3
+    assert 'Uncertainty rule decisions' in page and page.count('<td>cut ') == 4  # 2 seeds x 2 tasks
     assert experiment('uncertainty_lr', 'smoke', 2, progress=False).computed == 0  # resumed from the store
 
 

@@ -339,13 +339,13 @@ def _metrics() -> list[Metric]:
     for p, what in (('cnn', 'CNN on CIFAR-10'), ('tf', 'Transformer on IMDB')):
         out += [Metric(f'{p}_test_accuracy', True, doc=f'{what}: accuracy on the fixed test slice'),
                 Metric(f'{p}_infer_ms', False, 'ms', 'ratio', f'{what}: median forward time of a fixed batch, real sparse kernels'),
-                Metric(f'{p}_infer_peak_mb', False, 'MB', 'ratio', f'{what}: peak tensor memory of that forward pass'),
+                Metric(f'{p}_infer_peak_mb', False, 'MB', 'ratio', f'{what}: peak tensor memory of that forward pass', exact=True),
                 Metric(f'{p}_infer_masked_ms', False, 'ms', 'ratio', f'{what}: the same forward pass, masked dense (simulated sparsity)'),
                 Metric(f'{p}_train_time_s', False, 's', 'ratio', f'{what}: training loop wall time (masked dense)'),
-                Metric(f'{p}_train_peak_mb', False, 'MB', 'ratio', f'{what}: peak tensor memory of one training step (masked dense)'),
-                Metric(f'{p}_storage_mb', False, 'MB', 'ratio', f'{what}: torch.save size in sparse storage format'),
-                Metric(f'{p}_params_frac', False, scale='ratio', doc=f'{what}: non-zero parameters / all (theory)'),
-                Metric(f'{p}_flops_frac', False, scale='ratio', doc=f'{what}: ideal sparse FLOPs / dense FLOPs (theory)')]
+                Metric(f'{p}_train_peak_mb', False, 'MB', 'ratio', f'{what}: peak tensor memory of one training step (masked dense)', exact=True),
+                Metric(f'{p}_storage_mb', False, 'MB', 'ratio', f'{what}: torch.save size in sparse storage format', exact=True),
+                Metric(f'{p}_params_frac', False, scale='ratio', doc=f'{what}: non-zero parameters / all (theory)', exact=True),
+                Metric(f'{p}_flops_frac', False, scale='ratio', doc=f'{what}: ideal sparse FLOPs / dense FLOPs (theory)', exact=True)]
     return out
 
 def _claims() -> list[Claim]:
