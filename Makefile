@@ -11,7 +11,7 @@ endif
 PROFILE ?= quick
 SEEDS ?= 5
 
-.PHONY: install study test check nbtest pytest bench clean-reports
+.PHONY: install study test check nbtest pytest bench bench-study clean-reports
 
 $(VENV)/.installed: settings.ini setup.py
 	python3 -m venv $(VENV)
@@ -40,5 +40,8 @@ pytest: install
 
 test: check nbtest pytest
 
-bench: install
+bench: install  ## harness overhead per technique (smoke)
 	$(ACT) python bench/harness.py
+
+bench-study: install  ## the whole study from scratch in a temporary home, per technique, then a cached re-run
+	$(ACT) python bench/study.py --profile $(PROFILE) --seeds $(SEEDS)
