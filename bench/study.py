@@ -30,7 +30,7 @@ def main():
 
     (_, first), first_s = timed(lambda: study(a.techniques, a.profile, a.seeds, progress=True))
     (_, again), again_s = timed(lambda: study(a.techniques, a.profile, a.seeds, progress=False))
-    cmd = [sys.executable, '-m', 'papermill', str(ROOT/'nbs'/'run_study.ipynb'), str(home/'run_study.ipynb'),
+    cmd = [sys.executable, '-m', 'papermill', str(ROOT/'nbs'/'run_study.ipynb'), str(home/'reports'/'run_study.ipynb'),
            '-p', 'techniques', a.techniques, '-p', 'profile', a.profile, '-p', 'seeds', str(a.seeds), '--cwd', str(home)]
     proc, pm_s = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
     if proc.returncode: sys.exit(proc.stderr[-3000:])
