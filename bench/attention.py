@@ -125,13 +125,14 @@ def main(argv=None):
     cfg = model_cfg()
     meta = dict(measured=dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), device=device_name('cpu'),
                 git_commit=git_commit(), batch=a.batch, repeats=a.repeats, wall_s=round(time.perf_counter() - t0, 1),
-                load_avg_1min=[round(load0[0], 2), round(load1[0], 2)],
+                load_avg_1min=[round(load0[0], 2), round(load1[0], 2)], cpus=os.cpu_count(),
                 model=f"DistilBertForMaskedLM dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, FFN {cfg['hidden_dim']}, "
                       "attention dropout 0, MLM head on the 15% masked positions",
                 rows=rows, rss=rss_rows)
-    print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} (2 cores)")
+    print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} ({meta['cpus']} CPUs)")
     if not a.no_cache:
-        p = sweep_path(); p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(meta, indent=1))
+        p = sweep_path(); p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix('.tmp'); tmp.write_text(json.dumps(meta, indent=1)); os.replace(tmp, p)  # the report never reads half a file
         print(f'cached for the report: {p}')
 
 

@@ -510,7 +510,7 @@ def sections(records:list[dict], table:pd.DataFrame) -> list[tuple[str, str]]:
                    'any scratch inside fused kernels):</p>' + _html_table(pd.DataFrame(sw['rss'])))
         out.append(('Sequence-length sweep (benchmark)',
             f"<p class='muted'>Cached output of <code>bench/attention.py</code> measured {sw['measured']} on {sw['device']} "
-            f"(commit {sw['git_commit']}; 1-min load average {sw.get('load_avg_1min')} at start/end on 2 cores: other work shared the CPU), "
+            f"(commit {sw['git_commit']}; 1-min load average {sw.get('load_avg_1min')} at start/end on {sw.get('cpus', '?')} CPUs: above about 1 per CPU, other work shared it), "
             f"not recomputed by this run. Model: {sw['model']}; batch {sw['batch']}; one training step "
             f"(fwd+bwd) and one eval forward per point, median of {sw['repeats']}. 'encoder only' is the same fwd+bwd without the "
             f"MLM head (whose 30,522-way logits dominate the whole model's memory at these sizes). Dashed line: the crossover, the shortest length "

@@ -688,13 +688,10 @@ def sections(records:list, table) -> list:
             ('Training curves', fig_to_img(fig))]
 
 # %% ../../nbs/40_distill.ipynb #c057
-VISION_SIZING = ('Sizes chosen from measurements on this 2-core CPU. While other jobs loaded it, a width-8 ResNet-18 train step of '
-    '64 images cost 160-360 ms of CPU at 32 pixels and 55-90 ms at 16 pixels, and a student trained alone on 2,048 images reached '
-    '30.8% test accuracy after 64 steps of 64 at 32 pixels against 38-42% after 96 steps of 128 at 16 pixels: so quick average-pools '
-    'the images to 16x16. A first quick run under the CPU lock (unloaded) measured the teacher at 110 ms a step (300 steps: 33 s, '
-    '42.4% test accuracy) and the student at 30 ms a step alone (64 steps: 1.9 s, 36.8%), 75 ms with all four stage maps distilled: '
-    'too weak a teacher (6 points above the student alone) and room in the budget, so the teacher was given 1,200 steps (~2 min, '
-    'paid once) and the students 128 steps (8 epochs of 2,048 images), about 10 s of a cell beside ~14 s of NLP.')
+VISION_SIZING = ('Sizes come from a pilot on the development machine (2026-11-24), not re-measured by this run: at 32 pixels a '
+    'width-8 ResNet-18 step cost several times the 16-pixel step and the student alone learned less within the affordable steps, so '
+    'quick average-pools the images to 16x16; a 300-step teacher came out only a few points above the student alone, so the teacher '
+    'gets 1,200 steps (paid once; its time is vision_teacher_train_s) and the students 128 steps (8 epochs of 2,048 images).')
 
 def spec(profile:str='quick') -> Spec:
     "Selective-layer distillation with reduced precision: six arms paired by seed."
@@ -726,7 +723,7 @@ def spec(profile:str='quick') -> Spec:
         'Every arm starts from the same student initialisation (NLP: pretrained layers, not the fine-tuned teacher\'s, so the student trained '
         'alone owes nothing to the teacher; vision: the same random initialisation per seed); only the loss (and, in the mixed arms, the '
         'precision) differs. Loss weights in both halves: CE 1, soft KL 1 (T = 2), hidden MSE 1 (mean over pairs).',
-        f'Mixed precision here is {MIXED} autocast ({cpu_bf16_support()}). bf16 is 2-3x slower than fp32 on CPUs without native bf16 '
+        f'Mixed precision here is {MIXED} autocast ({cpu_bf16_support()}). bf16 is usually slower than fp32 on CPUs without native bf16 '
         'units and can be faster on CPUs with them: the mixed-faster claim is tested as stated and reported as measured. On a GPU the '
         'same arm is fp16 with a gradient scaler.',
         'Arms left out to fit 15 minutes: all-layers and every-other in mixed precision (their effect is the precision effect measured '

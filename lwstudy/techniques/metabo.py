@@ -420,7 +420,7 @@ def _notes(profile:str, p:dict) -> list[str]:
         else: notes.append('Search space: two values per dimension (32 configurations), smaller slices and budget (smoke).')
     notes += [
         f"Model-based sampler: Optuna {p['engine'].upper()}Sampler; " + ("GPSampler (GP-BO) was too slow on this CPU for "
-            "thousands of replayed runs (0.3-4.7 s per proposal), TPE is Optuna's default Bayesian optimiser." if p['engine'] == 'tpe' else ''),
+            "thousands of replayed runs (seconds per proposal in the notebook's slow cell, against milliseconds for TPE); TPE is Optuna's default Bayesian optimiser." if p['engine'] == 'tpe' else ''),
         f"Budget {p['budget']} trials per run; warm start = the meta-model's top {p['n_warm']} configurations, replacing the "
         "random start (plain BO keeps its usual 10 random trials). With the same optimiser seed, TPE's random start draws the "
         "same configurations as the random-search arm, so those two arms coincide for the first 10 trials (common random numbers).",

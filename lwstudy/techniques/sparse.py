@@ -4,19 +4,17 @@
 
 # %% ../../nbs/30_sparse.ipynb #c002
 from __future__ import annotations
-import io, json, math, time, warnings
-from pathlib import Path
+import json, math, warnings
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import BadInput, by_profile, current_device, make_generator, project_root
+from ..core import BadInput, by_profile, make_generator, project_root
 from ..data import image_tensors, load, take
-from ..measure import PeakTensorMemory, count_flops, peak_memory_mb, time_it
-from torch.utils._pytree import tree_map_only
-from ..models import SmallCNN, bert_tokenizer, count_params
+from ..measure import count_flops, peak_memory_mb, time_it
+from ..models import SmallCNN, bert_tokenizer, count_params, state_dict_mb
 from ..runner import Claim, Metric, Spec
-from ..train import classification_scores, make_loader, predict, train, evaluate
+from ..train import make_loader, train, evaluate
 
 # %% auto #0
 __all__ = ['ARMS', 'BENCH_JSON', 'make_mask', 'to_sparse_kernel', 'kernel_nnz', 'im2col', 'SparseLinear', 'SparseConv2d',
@@ -195,8 +193,7 @@ def sparse_state_dict(model:nn.Module) -> dict:
 
 def storage_mb(model:nn.Module) -> float:
     "MB (10^6 bytes) of `torch.save(sparse_state_dict(model))`: the model as it would be shipped."
-    buf = io.BytesIO(); torch.save(sparse_state_dict(model), buf)
-    return buf.getbuffer().nbytes / 1e6
+    return state_dict_mb(sparse_state_dict(model))
 
 # %% ../../nbs/30_sparse.ipynb #c032
 class EncoderBlock(nn.Module):
@@ -248,7 +245,7 @@ def text_tensors(profile:str, n_train:int, n_test:int, seq_len:int, vocab:int):
     return out
 
 # %% ../../nbs/30_sparse.ipynb #c037
-_SPARSE = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc, torch.sparse_coo)
+#| export
 
 # %% ../../nbs/30_sparse.ipynb #c039
 def _infer_stats(model, x, repeats:int) -> tuple[float, float]:
@@ -489,26 +486,23 @@ def _goal_html(profile:str, table) -> str:
     return head + '<ul>' + ''.join(items) + '</ul>'
 
 def sections(records:list, table) -> list:
-    "Report sections: theory vs reality, the issue's goal, and the kernel sweep (measured now, and the saved benchmark)."
+    "Report sections: theory vs reality, the issue's goal, and the kernel sweep saved by bench/sparse.py."
     from lwstudy.report import fig_to_img
     import html as _h
     out = [('Theory vs reality', _theory_vs_reality(table)),
            ('Goal: >= 1.3x inference speed-up within 1 accuracy point', _goal_html(records[0]['profile'], table))]
-    params = records[0]['params']
-    shapes = [(s, o, i, min(n, 4096)) for s, o, i, n in layer_shapes(params)]  # columns capped to keep rendering short
-    rows = kernel_sweep(shapes, (0.5, 0.75, 0.9, 0.95), (1, 4, 32), repeats=3, memory=False)
-    be = break_even(rows)
-    lines = ''.join(f"<li>{_h.escape(s)} / {_h.escape(r)}: {'no break-even up to 95%' if v is None else f'breaks even at {v:.0%}'}</li>"
-                    for (s, r), v in be.items())
-    html = (f'<p class="muted">Measured while this report rendered (best of 3, this machine, {torch.get_num_threads()} threads, '
-            f'not serialised with other work): dense <code>F.linear</code> vs <code>torch.sparse</code> product at the shapes of this '
-            f'run\'s layers, columns capped at 4,096. Dashed: break-even; dotted: the 1.3x goal.</p>'
-            + fig_to_img(sweep_figure(rows, 'kernel sweep measured during report rendering')) + f'<ul>{lines}</ul>')
     bench = project_root()/BENCH_JSON
-    if bench.exists():
+    if not bench.exists():
+        html = ('<p>No kernel sweep saved: run <code>python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 '
+                '--blocks 1,4,32 --train</code> on an otherwise idle machine, then re-render this report.</p>')
+    else:
         saved = json.loads(bench.read_text())
-        html += (f"<h3>Saved benchmark: bench/sparse.py ({_h.escape(saved.get('when', '?'))}, {_h.escape(saved.get('device', '?'))})</h3>"
-                 + fig_to_img(sweep_figure(saved['rows'], 'bench/sparse.py saved sweep (a separate, earlier run)')))
+        lines = ''.join(f"<li>{_h.escape(s)} / {_h.escape(r)}: {'no break-even up to 95%' if v is None else f'breaks even at {v:.0%}'}</li>"
+                        for (s, r), v in break_even(saved['rows']).items())
+        html = (f"<p class='muted'>Saved by bench/sparse.py ({_h.escape(saved.get('when', '?'))}, {_h.escape(saved.get('device', '?'))}, "
+                f"best of {saved.get('repeats', '?')}): dense <code>F.linear</code> vs <code>torch.sparse</code> product at the layer shapes "
+                "of the quick profile. Dashed: break-even; dotted: the 1.3x goal.</p>"
+                + fig_to_img(sweep_figure(saved['rows'], 'bench/sparse.py saved sweep')) + f'<ul>{lines}</ul>')
     out.append(('Kernel sweep: sparse vs dense matrix products', html))
     return out
 
@@ -530,8 +524,8 @@ def spec(profile:str='quick') -> Spec:
              'Same dense initialisation for every arm (built from the seed); the mask is drawn from an independent seeded stream and '
              'applied to it; same data order and budget. All arms train masked dense (PyTorch CPU BSR has no backward with respect '
              'to the input); inference is timed through torch.sparse CSR (random) / BSR (blocks) after checking it equals masked dense.',
-             'block32_90 is the positive control at 90% sparsity: at 50% no representation beats dense on this CPU (kernel sweep).',
-             'Timings are wall times on a shared 2-core CPU; training memory is the peak tensor memory of one steady-state step, '
+             'block32_90 is the positive control at 90% sparsity, where the kernel sweep (bench/sparse.py, below) puts the break-even of most shapes.',
+             'Timings are wall times on the machine named in Provenance; training memory is the peak tensor memory of one steady-state step, '
              'inference memory that of one forward pass (a sparse-aware lwstudy.measure.PeakTensorMemory), not the process RSS.']
     return Spec('sparse', 'What do block (4x4) and random (50%) sparse weights save in memory and time on a CPU, in theory and '
                 'in reality, and what do they cost in accuracy?', arms, 'dense', _metrics(), _claims(), fit,

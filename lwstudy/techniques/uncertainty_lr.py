@@ -466,11 +466,12 @@ def spec(profile:str='quick') -> Spec:
         "fixed LR (all quality differences exactly 0). It is kept in the code (mode='adaptive', documented and tested) but was "
         "replaced as the arm by the fixed-threshold rule above (version 2); version 1 results are not mixed in.",
         f"In quick the entropy of the fixed-LR runs (version 1, fp32) stayed above {ENTROPY_THRESHOLD} of log K for the whole budget "
-        "in every seed (window means: cifar10 0.88-0.90 -> 0.66-0.71, imdb 0.98-1.00 -> 0.65-0.75), so the rule is expected to cut at every window, i.e. to act as a stepwise geometric "
-        "decay to 0.9^9 = 0.39 x LR0; raises need a model below half the maximum entropy, which these short runs may not reach.",
+        "in every seed (the pilot's traces, 2026-11-24), so the rule is expected to cut at every window, i.e. to act as a stepwise geometric "
+        f"decay to 0.9^{c['steps'] // c['every']} = {0.9 ** (c['steps'] // c['every']):.2f} x LR0; raises need a model below half the maximum "
+        "entropy, which these short runs may not reach.",
         f"Precision: every arm trains and evaluates under bf16 autocast in smoke/quick ({c['precision']}; full: fp32), for time only: "
-        "on this CPU a whole quick cell costs 0.62x the fp32 CPU time (ResNet step 0.51x, MiniLM top-layer step 0.74x); with fp32 a "
-        "cell took ~29 s on a 2-core machine, 20 cells ~9.7 min, no margin for the 10-minute goal. Slices, budgets and validation passes are unchanged; the targets (fp32 pilot) were not re-tuned.",
+        "in a pilot on the development machine (2026-11-24, not re-measured by this run) fp32 left no margin for the 10-minute quick "
+        "goal and bf16 cut a cell's CPU time by about a third. Slices, budgets and validation passes are unchanged; the targets (fp32 pilot) were not re-tuned.",
         "Cosine: linear warmup over 10% of the steps then cosine decay to 0. Plateau: torch ReduceLROnPlateau on the validation "
         "loss (factor 0.5, patience 1 validation pass, floor 0.01 x LR); it uses validation passes that every arm runs anyway "
         "for the steps-to-target metric; outside this study they would be its overhead.",
