@@ -1,4 +1,5 @@
 # lwstudy: `make study` sets up and runs the study on the embedded default; `make test` sets up and runs the tests.
+# PROFILE=smoke|quick|full|dryrun (default quick); SEEDS=n (default: each technique's own default_seeds).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,9 +10,9 @@ ifneq ($(wildcard ../shared/data),)
 export LWSTUDY_DATA_DIR ?= $(realpath ../shared/data)
 endif
 PROFILE ?= quick
-SEEDS ?= 5
+SEEDS ?=
 
-.PHONY: install study test check nbtest pytest bench bench-study clean-reports
+.PHONY: install study study-notebook lab readme test check nbtest pytest bench bench-study
 
 $(VENV)/.installed: settings.ini setup.py
 	python3 -m venv $(VENV)
@@ -23,9 +24,19 @@ $(VENV)/.installed: settings.ini setup.py
 
 install: $(VENV)/.installed
 
-study: install
-	$(ACT) papermill nbs/run_study.ipynb reports/run_study.ipynb -p profile $(PROFILE) -p seeds $(SEEDS)
-	@echo "open reports/index.html"
+study: install  ## the whole study -> reports/index.html; progress, ETA and a summary on the terminal (`lwstudy study`)
+	$(ACT) lwstudy study --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS))
+
+study-notebook: install  ## the same through papermill; the executed notebook is reports/run_study.ipynb
+	@mkdir -p reports
+	$(ACT) papermill nbs/run_study.ipynb reports/run_study.ipynb --no-progress-bar --stderr-file /dev/stderr \
+	  -p profile $(PROFILE) $(if $(SEEDS),-p seeds $(SEEDS))
+
+lab: install  ## JupyterLab on nbs/ (open the URL it prints)
+	$(ACT) jupyter lab --ServerApp.root_dir=nbs --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
+
+readme: install  ## regenerate the README's verdict excerpt from reports/study_claims.csv
+	$(ACT) python scripts/readme_excerpt.py
 
 check: install  ## notebooks clean, package exported from them
 	$(ACT) nbdev_clean && nbdev_export
@@ -44,4 +55,8 @@ bench: install  ## harness overhead per technique (smoke)
 	$(ACT) python bench/harness.py
 
 bench-study: install  ## the whole study from scratch in a temporary home, per technique, then a cached re-run
-	$(ACT) python bench/study.py --profile $(PROFILE) --seeds $(SEEDS)
+	$(ACT) python bench/study.py --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS))
+
+.PHONY: bench-throughput
+bench-throughput: install  ## training step throughput against this host's roofs, and lwstudy.train vs transformers.Trainer (issue 15)
+	$(ACT) python bench/throughput.py $(if $(QUICK),--quick)

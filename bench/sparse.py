@@ -10,10 +10,9 @@ Results are saved to results/bench/sparse.json (read by the `sparse` report).
 Run under the CPU lock: flock /tmp/lwstudy-cpu.lock python bench/sparse.py
 """
 import argparse, datetime as dt, json, time, warnings
-from pathlib import Path
 import torch
 import torch.nn.functional as F
-from lwstudy.core import device_name, make_generator, project_root
+from lwstudy.core import atomic_write, device_name, make_generator, project_root
 from lwstudy.measure import time_it
 from lwstudy.techniques.sparse import (BENCH_JSON, break_even, kernel_sweep, layer_shapes, make_mask, sizes,
                                        to_sparse_kernel)
@@ -40,7 +39,7 @@ def train_rows(shapes, sparsities, repeats):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--profile', default='quick', help='whose layer shapes to use (smoke, quick, full)')
+    p.add_argument('--profile', default='quick', help='whose layer shapes to use (smoke, quick, full, dryrun)')
     p.add_argument('--sparsities', default='0.5,0.7,0.8,0.9,0.95')
     p.add_argument('--blocks', default='1,4,16,32,64', help='1 = CSR, b = BSR b x b')
     p.add_argument('--repeats', type=int, default=5)
@@ -82,9 +81,10 @@ def main(argv=None):
             print(f"  {r['shape']:8s} {r['sparsity']:4.0%}: dense {r['dense_ms']:8.2f} ms, CSR {r['csr_ms']:8.2f} ms, speed-up {r['speedup']:.2f}x")
     print(f'\n{time.perf_counter() - t0:.0f} s')
     if not a.no_save:
-        out = project_root()/BENCH_JSON; out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dict(when=f'{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC', device=device_name('cpu'),
-                                       torch=torch.__version__, profile=a.profile, repeats=a.repeats, rows=rows, train_rows=trows), indent=1))
+        out = atomic_write(project_root()/BENCH_JSON,  # the report never reads half a file
+                           json.dumps(dict(when=f'{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC', device=device_name('cpu'),
+                                           torch=torch.__version__, profile=a.profile, repeats=a.repeats, rows=rows, train_rows=trows),
+                                      indent=1))
         print(f'saved {out}')
 
 

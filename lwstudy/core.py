@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #c002
 from __future__ import annotations
-import hashlib, importlib.util, json, os, platform, random, subprocess, sys
+import functools, hashlib, importlib.util, json, os, platform, random, subprocess, sys, time, uuid
 from importlib import metadata
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'PACKAGES', 'BadInput', 'check_choice', 'by_profile', 'seed_everything',
-           'make_generator', 'resolve_device', 'set_device', 'current_device', 'param_hash', 'project_root',
-           'cache_dir', 'git_commit', 'package_versions', 'device_name', 'environment']
+__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice', 'by_profile',
+           'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device', 'param_hash',
+           'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable', 'git_commit',
+           'package_versions', 'native_bf16', 'device_name', 'environment']
 
 # %% ../nbs/00_core.ipynb #c005
 class BadInput(ValueError):
@@ -29,17 +30,20 @@ def check_choice(what:str, # what the value is, e.g. 'profile'
     return value
 
 # %% ../nbs/00_core.ipynb #c008
-PROFILES = ('smoke', 'quick', 'full')
+PROFILES = ('smoke', 'quick', 'full', 'dryrun')
 DEFAULT_PROFILE = 'quick'
+_FULL = object()  # marks "dryrun not given": take full's value
 
 def by_profile(profile:str, # one of `PROFILES`
-               **sizes, # a value for each profile: smoke=..., quick=..., full=...
+               *,
+               smoke, # the value under `smoke`
+               quick, # the value under `quick`
+               full, # the value under `full`
+               dryrun=_FULL, # the value under `dryrun` (default: `full`'s)
               ):
-    "The value of `sizes` for `profile`."
+    "The value for `profile` (`dryrun` falls back to `full`'s value when not given)."
     check_choice('profile', profile, PROFILES)
-    missing = [p for p in PROFILES if p not in sizes]
-    if missing: raise TypeError(f"by_profile needs a value for every profile; missing: {missing}")
-    return sizes[profile]
+    return dict(smoke=smoke, quick=quick, full=full, dryrun=full if dryrun is _FULL else dryrun)[profile]
 
 # %% ../nbs/00_core.ipynb #c011
 def seed_everything(seed:int):
@@ -94,8 +98,72 @@ def cache_dir() -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/00_core.ipynb #c021b
+def atomic_write(path, # the file to (re)write; its folder is created when missing
+                 data:str|bytes, # the whole new content (str is written as UTF-8)
+                ) -> Path:
+    "Replace `path`'s content with `data` atomically: unique temp file in the same folder, fsync, `os.replace`."
+    if not isinstance(data, (str, bytes, bytearray)): raise TypeError(f'atomic_write needs str or bytes, got {type(data).__name__}')
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp')
+    try:
+        with open(tmp, 'xb') as f:
+            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    _fsync_dir(path.parent)
+    return path
+
+def _fsync_dir(folder:Path):
+    "Make a rename in `folder` durable (best effort: not every filesystem allows fsync on a folder)."
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def sweep_tmp(folder, # the folder to clean (not recursive)
+              older_than:float=60, # seconds: younger temp files may belong to a live writer
+             ) -> list[Path]:
+    "Remove the orphaned temp files (`.*.tmp`) `atomic_write` left in `folder`; returns those removed."
+    folder, now, gone = Path(folder), time.time(), []
+    for p in folder.glob('.*.tmp') if folder.is_dir() else []:
+        try:
+            if now - p.stat().st_mtime > older_than: p.unlink(); gone.append(p)
+        except FileNotFoundError: pass  # another sweeper or its writer got there first
+    return gone
+
+def move_aside(path, # a file found unusable (e.g. a corrupt record)
+               suffix:str='.corrupt', # appended to its name
+              ) -> Path:
+    "Rename `path` to `<name><suffix>` (numbered when taken) so it is kept but no longer read; returns the new path."
+    path = Path(path)
+    dest, i = path.with_name(path.name + suffix), 1
+    while dest.exists(): dest, i = path.with_name(f'{path.name}.{i}{suffix}'), i + 1
+    os.replace(path, dest)
+    return dest
+
+def check_writable(folder, # the folder a run will write to
+                   what:str, # what it is, for the message, e.g. 'results folder' or 'out_dir'
+                  ) -> Path:
+    "`folder` (created when missing) once a file could be written in it; else `BadInput` naming the folder."
+    p = Path(folder).expanduser()
+    allowed = 'allowed: a writable folder, or a path where one can be created'
+    if p.exists() and not p.is_dir(): raise BadInput(f"{what} {str(p)!r} is a file, not a folder; {allowed}")
+    try: p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((a for a in p.parents if a.exists()), None)
+        why = f'{str(blocker)!r} is a file' if blocker is not None and not blocker.is_dir() else e.strerror or str(e)
+        raise BadInput(f"{what} {str(p)!r} cannot be created ({why}); {allowed}") from None
+    probe = p/f'.write-probe.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    try: probe.write_bytes(b''); probe.unlink()
+    except OSError as e: raise BadInput(f"{what} {str(p)!r} is not writable ({e.strerror or e}); {allowed}") from None
+    return p
+
 # %% ../nbs/00_core.ipynb #c023
 PACKAGES = ('lwstudy', 'torch', 'transformers', 'datasets', 'numpy', 'scipy', 'pandas', 'scikit-learn', 'optuna')
+BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 def git_commit(root:Path|None=None) -> str:
     "The commit of the code that runs (the repository holding this package, or `root`), '-dirty' when tracked files changed; 'unknown' outside git."
@@ -115,13 +183,22 @@ def package_versions(names=PACKAGES) -> dict:
         except metadata.PackageNotFoundError: return 'missing'
     return {n: version(n) for n in names}
 
+@functools.cache
+def native_bf16(cpuinfo:str='/proc/cpuinfo', # where the CPU's flags are listed
+               ) -> bool:
+    "Whether the CPU computes bf16 natively (`avx512_bf16` or `amx_bf16` among its flags); False when unreadable."
+    try: text = Path(cpuinfo).read_text(errors='replace')
+    except OSError: return False
+    flags = {f for line in text.splitlines() if line.startswith('flags') and ':' in line for f in line.split(':', 1)[1].split()}
+    return any(f in flags for f in BF16_FLAGS)
+
 def device_name(device:str) -> str:
     "A human name for the device: the GPU's model, or the CPU's with its thread count."
     if device == 'cuda': return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 def environment(device:str='cpu') -> dict:
-    "Provenance for a result: commit, versions, python, platform and device."
+    "Provenance for a result: commit, versions, python, platform, device, CPU count and native bf16."
     return dict(git_commit=git_commit(), python=platform.python_version(), platform=platform.platform(),
-                host=platform.node(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                host=platform.node(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), native_bf16=native_bf16(),
                 device=device, device_name=device_name(device), versions=package_versions())

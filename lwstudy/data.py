@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c002
 from __future__ import annotations
-import functools, io, json, os, re, socket, threading
+import functools, io, json, os, re, socket, sys, threading, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 from .core import BadInput, PROFILES, cache_dir, check_choice
 
 # %% auto #0
-__all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'CIFAR_MEAN', 'CIFAR_STD', 'DatasetInfo', 'dataset_info', 'data_dir',
-           'hub_offline_flag', 'hub_reachable', 'shakespeare_dir', 'shakespeare_lines', 'shakespeare_passages',
-           'standin_text_classification', 'standin_lm', 'standin_images', 'Source', 'DataUnavailable', 'resolve',
-           'sources_used', 'label_names_of', 'load', 'take', 'split_frame', 'decode_images', 'image_tensors']
+__all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 'MIRROR_NOTES', 'CIFAR_MEAN', 'CIFAR_STD',
+           'DatasetInfo', 'dataset_info', 'data_dir', 'hub_offline_flag', 'hub_reachable', 'check_mirror_file',
+           'shakespeare_dir', 'shakespeare_lines', 'shakespeare_passages', 'standin_text_classification', 'standin_lm',
+           'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
+           'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
+           'split_frame', 'decode_images', 'image_tensors']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -31,24 +33,41 @@ class DatasetInfo:
     n_classes: int|None = None
     configs: tuple = (None,)
     mirror_rows: tuple = ()  # ((hub_split, mirror_split, start, stop), ...)
+    columns: tuple = ()  # the columns lwstudy reads, when more than `text` and `label`
+    hub_rows: tuple = ()  # ((split, rows), ...) on the Hub, ((config, split, rows), ...) with configs: a smaller mirror split is partial
+    def needs(self) -> list[str]:
+        "The columns a mirror file of this dataset must have."
+        return list(self.columns or [c for c in (self.text, self.label) if c])
+    def rows_on_hub(self, split:str, config:str|None=None) -> int|None:
+        "How many rows the Hub's `split` has, when known."
+        return next((r[-1] for r in self.hub_rows if r[:-1] == ((config, split) if len(r) == 3 else (split,))), None)
 
 REGISTRY = {d.name: d for d in [
-    DatasetInfo('sst2', 'stanfordnlp/sst2', 'text_cls', ('train', 'validation', 'test'), text='sentence', n_classes=2),
-    DatasetInfo('imdb', 'stanfordnlp/imdb', 'text_cls', ('train', 'test'), n_classes=2),
-    DatasetInfo('ag_news', 'fancyzhx/ag_news', 'text_cls', ('train', 'test'), n_classes=4),
+    DatasetInfo('sst2', 'stanfordnlp/sst2', 'text_cls', ('train', 'validation', 'test'), text='sentence', n_classes=2,
+                hub_rows=(('train', 67_349), ('validation', 872), ('test', 1_821))),
+    DatasetInfo('imdb', 'stanfordnlp/imdb', 'text_cls', ('train', 'test'), n_classes=2, hub_rows=(('train', 25_000), ('test', 25_000))),
+    DatasetInfo('ag_news', 'fancyzhx/ag_news', 'text_cls', ('train', 'test'), n_classes=4, hub_rows=(('train', 120_000), ('test', 7_600))),
     DatasetInfo('rotten_tomatoes', 'cornell-movie-review-data/rotten_tomatoes', 'text_cls', ('train', 'validation', 'test'),
                 n_classes=2, mirror_rows=(('train', 'train', 0, 8530), ('validation', 'train', 8530, 9596),
-                                          ('test', 'train', 9596, 10662))),
+                                          ('test', 'train', 9596, 10662)),
+                hub_rows=(('train', 8_530), ('validation', 1_066), ('test', 1_066))),
     DatasetInfo('subj', 'SetFit/subj', 'text_cls', ('train', 'test'), n_classes=2),
-    DatasetInfo('trec', 'CogComp/trec', 'text_cls', ('train', 'test'), label='coarse_label', n_classes=6),
-    DatasetInfo('sst5', 'SetFit/sst5', 'text_cls', ('train', 'validation', 'test'), n_classes=5),
+    DatasetInfo('trec', 'CogComp/trec', 'text_cls', ('train', 'test'), label='coarse_label', n_classes=6,
+                hub_rows=(('train', 5_452), ('test', 500))),
+    DatasetInfo('sst5', 'SetFit/sst5', 'text_cls', ('train', 'validation', 'test'), n_classes=5,
+                hub_rows=(('train', 8_544), ('validation', 1_101), ('test', 2_210))),
     DatasetInfo('cr', 'SetFit/SentEval-CR', 'text_cls', ('train', 'test'), n_classes=2),
     DatasetInfo('mpqa', 'mpqa', 'text_cls', ('train',), n_classes=2),
     DatasetInfo('wikitext', 'Salesforce/wikitext', 'lm', ('train', 'validation', 'test'), label=None,
-                configs=('wikitext-2-raw-v1', 'wikitext-2-v1', 'wikitext-103-raw-v1', 'wikitext-103-v1')),
-    DatasetInfo('ptb_text_only', 'ptb_text_only', 'lm', ('train', 'validation', 'test'), text='sentence', label=None),
-    DatasetInfo('cifar10', 'uoft-cs/cifar10', 'image', ('train', 'test'), text='img', n_classes=10),
-    DatasetInfo('squad_v2', 'rajpurkar/squad_v2', 'qa', ('train', 'validation'), text='context', label=None),
+                configs=('wikitext-2-raw-v1', 'wikitext-2-v1', 'wikitext-103-raw-v1', 'wikitext-103-v1'),
+                hub_rows=tuple((c, s, n) for c in ('wikitext-2-raw-v1', 'wikitext-2-v1')
+                               for s, n in (('train', 36_718), ('validation', 3_760), ('test', 4_358)))),
+    DatasetInfo('ptb_text_only', 'ptb_text_only', 'lm', ('train', 'validation', 'test'), text='sentence', label=None,
+                hub_rows=(('train', 42_068), ('validation', 3_370), ('test', 3_761))),
+    DatasetInfo('cifar10', 'uoft-cs/cifar10', 'image', ('train', 'test'), text='img', n_classes=10,
+                hub_rows=(('train', 50_000), ('test', 10_000))),
+    DatasetInfo('squad_v2', 'rajpurkar/squad_v2', 'qa', ('train', 'validation'), text='context', label=None,
+                columns=('id', 'title', 'context', 'question', 'answers'), hub_rows=(('train', 130_319), ('validation', 11_873))),
 ]}
 
 def dataset_info(name:str) -> DatasetInfo:
@@ -58,9 +77,14 @@ def dataset_info(name:str) -> DatasetInfo:
 
 # %% ../nbs/01_data.ipynb #c008
 def data_dir() -> Path|None:
-    "The parquet mirror named by `$LWSTUDY_DATA_DIR`, if set and present."
-    d = os.environ.get('LWSTUDY_DATA_DIR')
-    return Path(d) if d and Path(d).is_dir() else None
+    "The parquet mirror named by `$LWSTUDY_DATA_DIR`: None when unset or empty, `BadInput` when set to anything but a folder."
+    d = os.environ.get('LWSTUDY_DATA_DIR', '')
+    if not d: return None
+    p = Path(d).expanduser()
+    if not p.is_dir():
+        raise BadInput(f"LWSTUDY_DATA_DIR={d!r} is {'a file' if p.exists() else 'not an existing folder'}; allowed: the folder of "
+                       "the parquet mirror (<name>/<split>.parquet), or unset / empty for no mirror")
+    return p
 
 def hub_offline_flag() -> bool:
     "True when the environment says the Hub must not be contacted."
@@ -78,15 +102,31 @@ def hub_reachable(timeout_s:float=3.0) -> bool:
     t.start(); t.join(timeout_s + 0.5)
     return bool(answer and answer[0])
 
+def _mirror_base(info:DatasetInfo, config:str|None) -> Path|None:
+    root = data_dir()
+    return None if root is None else root/info.name/config if config else root/info.name
+
 def _mirror_file(info:DatasetInfo, split:str, config:str|None) -> tuple[Path, slice]|None:
     "The mirror parquet file and row range holding `split`, if the mirror has it."
-    root = data_dir()
-    if root is None: return None
-    base = root/info.name/config if config else root/info.name
+    base = _mirror_base(info, config)
+    if base is None: return None
     for hub_split, mirror_split, start, stop in info.mirror_rows:
         if hub_split == split and (base/f'{mirror_split}.parquet').exists(): return base/f'{mirror_split}.parquet', slice(start, stop)
     f = base/f'{split}.parquet'
     return (f, slice(None)) if f.exists() else None
+
+def check_mirror_file(f:Path, # a mirror parquet file
+                      info:DatasetInfo, # the dataset it should hold
+                     ) -> int:
+    "The number of rows of a mirror parquet file; `BadInput` naming the file when it is unreadable or lacks `info`'s columns."
+    try: meta = pq.ParquetFile(f).metadata
+    except Exception as e: raise BadInput(f"mirror file {f} is not a readable parquet file ({type(e).__name__}: {e})") from None
+    names = meta.schema.to_arrow_schema().names
+    missing = [c for c in info.needs() if c not in names]
+    if missing:
+        raise BadInput(f"mirror file {f} lacks the column(s) {', '.join(missing)} of {info.name}; it has: {', '.join(names)}; "
+                       f"expected (the Hub's {info.hub_id} schema): {', '.join(info.needs())}")
+    return meta.num_rows
 
 # %% ../nbs/01_data.ipynb #c010
 GENRES = {
@@ -178,44 +218,93 @@ STANDINS = {'text_cls': standin_text_classification, 'lm': standin_lm, 'image': 
 @dataclass(frozen=True)
 class Source:
     "Where one split of a dataset came from."
-    kind: str  # 'mirror' | 'hub' | 'stand-in'
+    kind: str  # 'mirror' | 'partial mirror' (a slice of the Hub's split, in `full`) | 'hub' | 'stand-in'
     detail: str
-    def __str__(self): return f"{self.kind}: {self.detail}"
+    @property
+    def standin(self) -> bool: return self.kind in ('stand-in', 'partial mirror')
+    def __str__(self): return f"stand-in: partial mirror {self.detail}" if self.kind == 'partial mirror' else f"{self.kind}: {self.detail}"
 
 class DataUnavailable(BadInput):
     "No source can serve a dataset split under the current profile."
+
+STANDIN_PROFILES = ('smoke', 'quick', 'dryrun')  # profiles that may fall back to a stand-in (dryrun resolves like quick)
+
+MIRROR_NOTES = {  # (name, config, split): (partial, note): what the shared mirror's MANIFEST.md says differs from the Hub beyond rows and JPEG
+    ('ag_news', None, 'train'): (True, 'description only, no titles'),
+    ('ag_news', None, 'test'): (True, 'description only, no titles'),
+    ('squad_v2', None, 'validation'): (True, '3 of 35 dev articles'),
+    ('subj', None, 'train'): (False, "all rows: the Hub's train and test, whose random split is not reproducible"),
+    ('cr', None, 'train'): (False, "all rows: SetFit's random train/test split is not reproducible"),
+}
+
+@functools.lru_cache(maxsize=None)
+def jpeg_images(f:Path, column:str) -> bool:
+    "Whether the first image of a mirror file's image column is a JPEG (a lossy copy: the Hub's CIFAR-10 is PNG)."
+    batch = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=[column]), None)
+    return batch is not None and batch.num_rows > 0 and (batch.column(0)[0].as_py() or {}).get('bytes', b'')[:2] == b'\xff\xd8'
+
+def mirror_caveat(info:DatasetInfo, # the dataset
+                  split:str, # the Hub split
+                  config:str|None, # the Hub config, if any
+                  f:Path, # the mirror file
+                  n_rows:int, # rows the mirror holds for `split`
+                 ) -> tuple[bool, str]:
+    "(partial, caveat) of a mirror split: partial when it has fewer rows than the Hub's, JPEG images, or `MIRROR_NOTES` says so."
+    hub = info.rows_on_hub(split, config)
+    short = hub is not None and n_rows < hub
+    jpeg = info.kind == 'image' and jpeg_images(f, info.text)
+    partial, note = MIRROR_NOTES.get((info.name, config, split), (False, ''))
+    parts = ([f"{n_rows:,} of the Hub's {hub:,} rows"] if short else []) + (['pixels JPEG re-encoded, lossy'] if jpeg else []) + ([note] if note else [])
+    return short or jpeg or partial, ', '.join(parts)
 
 def _check_split(info, split, config):
     check_choice(f'split of {info.name}', split, info.splits)
     if config is not None or len(info.configs) > 1: check_choice(f'config of {info.name}', config, info.configs)
 
+def _mirror_source(info:DatasetInfo, split:str, config:str|None) -> Source|None:
+    "The mirror's file for `split` as a `Source` ('partial mirror' when a slice of the Hub's), its schema checked; None when absent."
+    if not (m := _mirror_file(info, split, config)): return None
+    f, rows = m
+    n = len(range(check_mirror_file(f, info))[rows])
+    partial, caveat = mirror_caveat(info, split, config, f, n)
+    where = f'{f}' if rows == slice(None) else f'{f} rows {rows.start}:{rows.stop}'
+    return Source('partial mirror' if partial else 'mirror', where + (f" ({'partial: ' if partial else ''}{caveat})" if caveat else ''))
+
 def resolve(name:str, # a registry name, e.g. 'sst2'
             split:str, # a Hub split name
-            profile:str='quick', # stand-ins are allowed in smoke and quick only
+            profile:str='quick', # stand-ins are allowed in smoke, quick and dryrun only
             config:str|None=None, # the Hub config where the dataset has several (wikitext)
            ) -> Source:
-    "Where `name`/`split` would be read from: mirror, then Hub, then stand-in (smoke/quick); else `DataUnavailable`."
+    "Where `name`/`split` would be read from: mirror, then Hub, then stand-in (not in `full`); else `DataUnavailable`."
     info = dataset_info(name); check_choice('profile', profile, PROFILES); _check_split(info, split, config)
-    if (m := _mirror_file(info, split, config)):
-        rows = '' if m[1] == slice(None) else f' rows {m[1].start}:{m[1].stop}'
-        return Source('mirror', f'{m[0]}{rows}')
+    mirror = _mirror_source(info, split, config)
+    if mirror and (mirror.kind == 'mirror' or profile != 'full'): return Source('mirror', mirror.detail)
     if hub_reachable(): return Source('hub', f"{info.hub_id}{'/' + config if config else ''} [{split}]")
-    if profile != 'full' and info.kind in STANDINS: return Source('stand-in', f'for {name}/{split}')
-    tried = ['mirror ($LWSTUDY_DATA_DIR ' + ('unset' if data_dir() is None else f'has no {name}/{split}') + ')',
+    if mirror: return mirror  # full, offline: the partial mirror, named a stand-in
+    if profile in STANDIN_PROFILES and info.kind in STANDINS: return Source('stand-in', f'for {name}/{split}')
+    root, rel = data_dir(), '/'.join([name, *([config] if config else []), f'{split}.parquet'])
+    tried = ['mirror (' + ('$LWSTUDY_DATA_DIR unset' if root is None else f'$LWSTUDY_DATA_DIR={root} has no {rel}') + ')',
              'Hub (' + ('HF_HUB_OFFLINE set' if hub_offline_flag() else 'unreachable') + ')']
-    if profile == 'full': tried.append("stand-in (not allowed in profile 'full')")
+    if profile not in STANDIN_PROFILES: tried.append(f"stand-in (not allowed in profile {profile!r})")
     elif info.kind not in STANDINS: tried.append(f'stand-in (none for {info.kind} data)')
     raise DataUnavailable(f"dataset {name!r} split {split!r} cannot be resolved under profile {profile!r}; tried: "
                           + '; '.join(tried) + '. Allowed sources: a parquet mirror in $LWSTUDY_DATA_DIR, the Hub'
-                          + (', a stand-in (smoke/quick)' if info.kind in STANDINS else ''))
+                          + (f", a stand-in ({'/'.join(STANDIN_PROFILES)})" if info.kind in STANDINS else ''))
 
 _loaded: list = []
+_announced: set = set()
 
 def sources_used(reset:bool=False) -> list[dict]:
-    "The splits loaded since the last reset, with their sources."
+    "The splits loaded since the last reset, with their sources (and `scaled` notes where fewer rows were used than asked)."
     out = list(_loaded)
     if reset: _loaded.clear()
     return out
+
+def announce(key, line:str) -> bool:
+    "Print `line` to stderr once per process for `key`; True when printed now."
+    if key in _announced: return False
+    _announced.add(key); print(f'lwstudy: {line}', file=sys.stderr, flush=True)
+    return True
 
 def label_names_of(f:Path, column:str) -> list|None:
     "ClassLabel names stored in a mirror parquet's Hub metadata."
@@ -224,19 +313,24 @@ def label_names_of(f:Path, column:str) -> list|None:
     return json.loads(meta[b'huggingface'])['info']['features'].get(column, {}).get('names')
 
 def load(name:str, split:str, profile:str='quick', config:str|None=None) -> pd.DataFrame:
-    "The split as a DataFrame with the Hub's columns; `df.attrs` holds `source`, `standin` and `label_names`."
+    "The split as a DataFrame with the Hub's columns; `df.attrs` holds `source`, `standin`, `label_names`, `dataset` and `split`."
     src = resolve(name, split, profile, config)
-    df = _read(name, split, config, src).copy()
-    df.attrs = dict(_read(name, split, config, src).attrs)
-    _loaded.append(dict(dataset=name if not config else f'{name}/{config}', split=split, source=df.attrs['source'],
-                        standin=df.attrs['standin']))
+    cached = _read(name, split, config, src)
+    df = cached.copy()
+    dataset = name if not config else f'{name}/{config}'
+    df.attrs = dict(cached.attrs, dataset=dataset, split=split)
+    _loaded.append(dict(dataset=dataset, split=split, source=df.attrs['source'], standin=df.attrs['standin']))
+    if src.standin:
+        why = ('the Hub is unreachable; its full split would replace this slice' if src.kind == 'partial mirror' else
+               'set LWSTUDY_DATA_DIR to the parquet mirror for the real data')
+        announce(('stand-in', dataset, split, df.attrs['source']), f"{dataset}/{split} ({profile}): using {df.attrs['source']} ({why})")
     return df
 
 @functools.lru_cache(maxsize=16)
 def _read(name:str, split:str, config:str|None, src:Source) -> pd.DataFrame:
     "Read a resolved split (cached per process: cells of one run share it; callers get copies)."
     info, names = dataset_info(name), None
-    if src.kind == 'mirror':
+    if src.kind in ('mirror', 'partial mirror'):
         f, rows = _mirror_file(info, split, config)
         df = pd.read_parquet(f).iloc[rows].reset_index(drop=True)
         names = label_names_of(f, info.label) if info.label else None
@@ -250,15 +344,81 @@ def _read(name:str, split:str, config:str|None, src:Source) -> pd.DataFrame:
         df, what = STANDINS[info.kind](info, split)
         names = df.attrs.get('label_names')
         src = Source('stand-in', what)
-    df.attrs.update(source=str(src), standin=src.kind == 'stand-in', label_names=names)
+    df.attrs.update(source=str(src), standin=src.standin, label_names=names)
     return df
 
 # %% ../nbs/01_data.ipynb #c019
-def take(df:pd.DataFrame, n:int|None, seed:int=0) -> pd.DataFrame:
-    "A fixed random subset of `n` rows (all rows, shuffled, when `n` is None or too large); keeps `attrs`."
+class DataWarning(UserWarning):
+    "The data differs from what was asked for (fewer rows than asked)."
+
+def _record_scaled(dataset:str, split:str, source:str, standin:bool, note:str, show:bool=True):
+    "Record a `scaled` note in `sources_used()` (its source string carries the note, so reports show it); print it once if `show`."
+    _loaded.append(dict(dataset=dataset, split=split, source=f'{source} [{note}]', standin=bool(standin), scaled=note))
+    if show: announce(('scaled', note), note)
+    else: _announced.add(('scaled', note))
+
+def _check_rows(n, what:str='n'):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise BadInput(f"{what} must be a row count (an int >= 0){' or None' if what == 'n' else ''}; got {n!r}")
+
+def take(df:pd.DataFrame, # a frame from `load` (its `attrs` name the dataset, split and source)
+         n:int|None, # rows wanted; None: all rows, shuffled
+         seed:int=0, # the subset's seed
+        ) -> pd.DataFrame:
+    "A fixed random subset of `n` rows; asked for more than `df` has, all its rows, a `scaled` note and (once) a `DataWarning`."
+    if n is not None: _check_rows(n)
+    if n is not None and n > len(df):
+        a = df.attrs
+        what = f"{a['dataset']}/{a['split']}" if 'dataset' in a else f"a frame from {a.get('source') or 'an unnamed source'}"
+        note = f"{what}: asked {n} rows, {str(a.get('source') or 'the frame').split(':')[0]} has {len(df)}: took all {len(df)}"
+        if ('scaled', note) not in _announced: warnings.warn(note, DataWarning, stacklevel=2)  # once per process
+        _record_scaled(a.get('dataset', '?'), a.get('split', '?'), a.get('source', '?'), a.get('standin', False), note, show=False)
     idx = np.random.default_rng(seed).permutation(len(df))[:n]
     out = df.iloc[np.sort(idx) if n is None else idx].reset_index(drop=True)
     out.attrs = dict(df.attrs)
+    return out
+
+def available_rows(name:str, # a registry name
+                   split:str, # a Hub split
+                   profile:str='quick', # the run's profile (it decides the source)
+                   config:str|None=None, # the Hub config, if any
+                  ) -> int:
+    "Rows of the source `name`/`split` resolves to under `profile` (a mirror's from its parquet footer; others read once per process)."
+    src = resolve(name, split, profile, config)
+    if src.kind in ('mirror', 'partial mirror'):
+        f, rows = _mirror_file(dataset_info(name), split, config)
+        return len(range(pq.ParquetFile(f).metadata.num_rows)[rows])
+    return len(_read(name, split, config, src))
+
+def _apportion(sizes:dict, total:int) -> dict:
+    "`sizes` scaled to sum to `total` (largest remainder; each >= 1, zeros stay 0)."
+    asked = sum(sizes.values())
+    exact = {k: v * total / asked for k, v in sizes.items()}
+    out = {k: max(1, int(x)) if sizes[k] else 0 for k, x in exact.items()}
+    for k in sorted(exact, key=lambda k: -(exact[k] % 1))[:max(0, total - sum(out.values()))]: out[k] += 1
+    while sum(out.values()) > total: out[max(out, key=out.get)] -= 1
+    return out
+
+def scale_to_available(name:str, # a registry name, e.g. 'cifar10'
+                       split:str, # the split the rows come from
+                       profile:str, # the run's profile (it decides the source)
+                       sizes:dict, # rows asked for from this split, e.g. dict(n_train=2048, n_val=256)
+                       config:str|None=None, # the Hub config, if any
+                      ) -> dict:
+    "`sizes` unchanged when the source has their sum; else scaled proportionally (ints >= 1), recorded as a `scaled` note and printed once."
+    if not isinstance(sizes, dict) or not sizes: raise BadInput(f"sizes must be a non-empty dict of row counts; got {sizes!r}")
+    for k, v in sizes.items(): _check_rows(v, f'sizes[{k!r}]')
+    have, asked = available_rows(name, split, profile, config), sum(sizes.values())
+    if asked <= have: return dict(sizes)
+    src = resolve(name, split, profile, config)
+    dataset = name if not config else f'{name}/{config}'
+    if have < sum(v > 0 for v in sizes.values()):
+        raise DataUnavailable(f"{dataset}/{split}: {src} has {have} rows, too few for one row in each part of {sizes}")
+    out = _apportion(sizes, have)
+    source = str(src) if src.kind != 'stand-in' else _read(name, split, config, src).attrs['source']
+    note = (f"{dataset}/{split}: asked {asked} rows, {src.kind} has {have}: sizes scaled to "
+            + ', '.join(f'{k}={v}' for k, v in out.items()))
+    _record_scaled(dataset, split, source, src.standin, note)
     return out
 
 def split_frame(df:pd.DataFrame, test_frac:float=0.2, seed:int=0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -266,7 +426,9 @@ def split_frame(df:pd.DataFrame, test_frac:float=0.2, seed:int=0) -> tuple[pd.Da
     perm = np.random.default_rng(seed).permutation(len(df))
     cut = int(round(len(df) * (1 - test_frac)))
     parts = df.iloc[perm[:cut]].reset_index(drop=True), df.iloc[perm[cut:]].reset_index(drop=True)
-    for p in parts: p.attrs = dict(df.attrs)
+    for p, part in zip(parts, ('train', 'test')):
+        p.attrs = dict(df.attrs)
+        if 'split' in df.attrs: p.attrs['split'] = f"{df.attrs['split']} ({part} part of split_frame)"
     return parts
 
 def decode_images(df:pd.DataFrame, column:str='img') -> np.ndarray:

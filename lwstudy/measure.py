@@ -4,29 +4,47 @@
 
 # %% ../nbs/04_measure.ipynb #c002
 from __future__ import annotations
-import statistics, time, weakref
+import os, statistics, time, weakref
+from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import FlopCounterMode
-from .core import current_device
+from .core import BadInput, check_choice, current_device
 
 # %% auto #0
-__all__ = ['sync', 'time_it', 'PeakTensorMemory', 'peak_memory_mb', 'count_flops']
+__all__ = ['MEMORY_PLACES', 'sync', 'time_it', 'PeakTensorMemory', 'peak_memory_mb', 'count_flops', 'fmt_bytes',
+           'available_bytes', 'require_memory']
 
 # %% ../nbs/04_measure.ipynb #c005
 def sync(device:str|None=None):
     "Wait for queued GPU work (no-op on the CPU)."
-    if (device or current_device()) == 'cuda': torch.cuda.synchronize()
+    if str(device or current_device()).startswith('cuda'): torch.cuda.synchronize()
 
-def time_it(fn, warmup:int=1, repeats:int=5, device:str|None=None) -> dict:
-    "Median and all wall times (seconds) of `fn()` after `warmup` untimed runs."
-    for _ in range(warmup): fn()
-    times = []
+def _summary(times:list) -> dict:
+    return dict(median_s=statistics.median(times), min_s=min(times), mean_s=statistics.fmean(times), times_s=times)
+
+def time_it(fn, # a callable, or a dict of named callables to time interleaved
+            warmup:int=1, # untimed runs of each first
+            repeats:int=5, # timed runs of each
+            device:str|None=None,
+            number:int=1, # calls per timed run; times are per call
+           ) -> dict:
+    "Median, min, mean and all wall times (seconds per call) of `fn()` after `warmup` untimed runs; of each, interleaved, for a dict."
+    fns = fn if isinstance(fn, dict) else {None: fn}
+    if not fns or repeats < 1 or number < 1 or warmup < 0:
+        raise BadInput(f"time_it needs at least one function, repeats >= 1, number >= 1, warmup >= 0; got "
+                       f"{len(fns)} functions, repeats={repeats}, number={number}, warmup={warmup}")
+    for _ in range(warmup):
+        for f in fns.values(): f()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        sync(device); t0 = time.perf_counter(); fn(); sync(device)
-        times.append(time.perf_counter() - t0)
-    return dict(median_s=statistics.median(times), min_s=min(times), times_s=times)
+        for k, f in fns.items():
+            sync(device); t0 = time.perf_counter()
+            for _ in range(number): f()
+            sync(device); times[k].append((time.perf_counter() - t0) / number)
+    out = {k: _summary(v) for k, v in times.items()}
+    return out if isinstance(fn, dict) else out[None]
 
 # %% ../nbs/04_measure.ipynb #c008
 class PeakTensorMemory(TorchDispatchMode):
@@ -94,3 +112,41 @@ def count_flops(fn) -> int:
     "FLOPs of matrix products and convolutions run by `fn()` (as counted by `FlopCounterMode`)."
     with FlopCounterMode(display=False) as fc: fn()
     return int(fc.get_total_flops())
+
+# %% ../nbs/04_measure.ipynb #c016b
+MEMORY_PLACES = ('RAM', 'GPU')
+
+def fmt_bytes(n:float) -> str:
+    "A byte count in decimal units: '512 B', '4.2 kB', '43.1 GB'."
+    if n < 0 or n != n: raise BadInput(f"fmt_bytes needs a byte count >= 0, got {n!r}")
+    for unit, size in (('TB', 1e12), ('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if n >= size: return f'{n / size:.1f} {unit}'
+    return f'{int(n)} B'
+
+def available_bytes(device:str='cpu', # the device, for GPU memory
+                    where:str='RAM', # 'RAM' (the host's) or 'GPU' (the device's)
+                   ) -> int:
+    "Bytes that can be allocated now: the host's MemAvailable, or the GPU's free memory."
+    check_choice('memory place', where, MEMORY_PLACES)
+    if where == 'GPU':
+        if not str(device).startswith('cuda'): raise BadInput(f"where='GPU' needs a CUDA device, got device {device!r}")
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+def require_memory(what:str, # what needs the memory, e.g. 'dryrun: teacher cache'
+                   nbytes:int, # the estimate, in bytes
+                   device:str='cpu', # the device, for GPU memory
+                   where:str='RAM', # 'RAM' or 'GPU'
+                  ) -> int:
+    "Print the estimate and what is available; raise BadInput when it does not fit. Returns the bytes available."
+    if nbytes < 0: raise BadInput(f"require_memory: the estimate for {what} must be >= 0 bytes, got {nbytes!r}")
+    avail = available_bytes(device, where)
+    owner = 'host' if where == 'RAM' else f'GPU {device}'
+    msg = f"{what} {fmt_bytes(nbytes)} in {where} ({owner} has {fmt_bytes(avail)} available)"
+    print(msg)
+    if nbytes > avail: raise BadInput(f"not enough memory: {msg}; use a smaller profile or sizes, or a larger machine")
+    return avail

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import BadInput, check_choice
-from .data import hub_reachable
+from .core import BadInput, PROFILES, check_choice
+from .data import announce, hub_reachable
 
 # %% auto #0
-__all__ = ['HUB_MODELS', 'MODELS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18',
-           'resnet50', 'minilm_dir', 'pretrained_path', 'bert_tokenizer', 'load_pretrained', 'distilbert_mlm',
-           'build_model']
+__all__ = ['HUB_MODELS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock',
+           'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir', 'pretrained_path', 'bert_tokenizer',
+           'load_pretrained', 'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained',
+           'masked_mean_pool']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -116,10 +117,16 @@ def pretrained_path(name:str) -> tuple[str, str]:
     raise BadInput(f"pretrained model {name!r} is not available: no $LWSTUDY_MODEL_DIR/{name}, and the Hub is unreachable; "
                    f"available offline: minilm")
 
-def bert_tokenizer(name:str='minilm'):
-    "The (fast) tokenizer of a pretrained model; minilm's is the uncased BERT WordPiece vocabulary."
+def bert_tokenizer(name:str='minilm', # a `HUB_MODELS` name
+                   profile:str|None=None, # in 'dryrun', a model not available offline gets minilm's tokenizer (the same vocabulary)
+                  ):
+    "The (fast) tokenizer of a pretrained model; all four share the uncased BERT WordPiece vocabulary (30,522 tokens)."
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(pretrained_path(name)[0])
+    try: path = pretrained_path(name)[0]
+    except BadInput:
+        if profile != 'dryrun': raise
+        path = pretrained_path('minilm')[0]
+    return AutoTokenizer.from_pretrained(path)
 
 def load_pretrained(name:str='minilm', attn_implementation:str='sdpa'):
     "A pretrained encoder (`AutoModel`) in eval mode."
@@ -147,3 +154,56 @@ def build_model(name:str, **kwargs) -> nn.Module:
     "Build a registered model by name."
     check_choice('model', name, list(MODELS))
     return MODELS[name](**kwargs)
+
+# %% ../nbs/02_models.ipynb #c023
+HUB_CONFIGS = {  # name: (model_type, config values of its Hub config.json besides vocab 30,522 and 512 positions)
+    'minilm': ('bert', dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)),
+    'distilbert': ('distilbert', dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)),
+    'bert-base': ('bert', dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
+    'bert-large': ('bert', dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
+}
+HEADS = {'encoder': 'AutoModel', 'sequence_classification': 'AutoModelForSequenceClassification',
+         'question_answering': 'AutoModelForQuestionAnswering', 'masked_lm': 'AutoModelForMaskedLM'}
+
+def hub_config(name:str, # a `HUB_CONFIGS` name
+               **overrides, # config values to change, e.g. num_labels=2
+              ):
+    "The transformers config of a Hub model's architecture, from `HUB_CONFIGS` (no download)."
+    from transformers import AutoConfig
+    check_choice('pretrained model', name, list(HUB_CONFIGS))
+    kind, values = HUB_CONFIGS[name]
+    return AutoConfig.for_model(kind, **{'vocab_size': 30522, 'max_position_embeddings': 512, **values, **overrides})
+
+def from_config_or_pretrained(name:str, # a `HUB_MODELS` name, or a model built here (`MODELS`)
+                              profile:str, # the run's profile: only 'dryrun' may fall back to random weights
+                              head:str='encoder', # for Hub models: one of `HEADS`
+                              attn_implementation:str='sdpa', # for Hub models
+                              **config, # config values (Hub models, e.g. num_labels=2) or keyword arguments (models built here)
+                             ) -> tuple[nn.Module, str]:
+    "(model, note): pretrained weights when available; in `dryrun` without them the same architecture with random weights."
+    check_choice('profile', profile, PROFILES)
+    if name in MODELS and name != 'pretrained': return build_model(name, **config), f'{name}: built here, random initialisation'
+    check_choice('model', name, list(HUB_MODELS) + [m for m in MODELS if m != 'pretrained'])
+    check_choice('head', head, list(HEADS))
+    import transformers
+    auto = getattr(transformers, HEADS[head])
+    try: path, where = pretrained_path(name)
+    except BadInput as e:
+        if profile != 'dryrun': raise BadInput(f"{e} (profile 'dryrun' builds its architecture with random weights)") from None
+        model = auto.from_config(hub_config(name, **config), attn_implementation=attn_implementation)
+        note = (f"{HUB_MODELS[name]}: RANDOM weights, its architecture built from its config (pretrained weights "
+                "unavailable offline); dryrun checks shapes, memory and code paths, not quality")
+        announce(('random weights', name), note)
+        return model.eval(), note
+    model = auto.from_pretrained(path, attn_implementation=attn_implementation, **config)
+    return model.eval(), f"{HUB_MODELS[name]}: pretrained weights ({where})"
+
+# %% ../nbs/02_models.ipynb #c026
+def masked_mean_pool(hidden:torch.Tensor, # token states (batch, time, dim)
+                     mask:torch.Tensor, # (batch, time): 1 / True where a position counts (an attention mask)
+                    ) -> torch.Tensor:
+    "Mean of `hidden` over the positions `mask` keeps, shape (batch, dim); zeros for a row with none kept."
+    if mask.shape != hidden.shape[:2]:
+        raise BadInput(f"mask shape {tuple(mask.shape)} does not match hidden {tuple(hidden.shape)}; allowed: (batch, time) = {tuple(hidden.shape[:2])}")
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)

@@ -4,20 +4,25 @@
 
 # %% ../nbs/07_report.ipynb #c002
 from __future__ import annotations
-import base64, datetime as dt, html, io, os
+import base64, datetime as dt, html, io, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from . import stats
-from .core import project_root
-from .runner import Spec, Store, paired, results_table
+from . import runner, stats
+from .core import atomic_write, project_root
+from .runner import CALIBRATION, Spec, Store, available_techniques, get_spec, paired, results_table
 
 # %% auto #0
-__all__ = ['CSS', 'metric_table', 'claim_values', 'claim_table', 'fig_to_img', 'paired_plot', 'fmt', 'fmt_p', 'claims_html',
-           'metrics_html', 'sources_html', 'provenance_html', 'render_html', 'resolve_out_dir', 'write_report']
+__all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values', 'is_timing', 'claim_gates', 'check_gates',
+           'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'fig_to_img',
+           'paired_plot', 'forest_plot', 'tradeoff_plot', 'esc', 'fmt', 'fmt_p', 'html_table', 'claims_html',
+           'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html', 'resolve_out_dir',
+           'write_report']
 
 # %% ../nbs/07_report.ipynb #c005
+FAMILIES = ('primary', 'exploratory', 'calibration')
+
 def metric_table(spec:Spec, table:pd.DataFrame) -> pd.DataFrame:
     "Paired comparison of every treatment arm with the baseline, for every metric; Holm-adjusted across rows."
     rows = []
@@ -39,22 +44,129 @@ def claim_values(spec:Spec, table:pd.DataFrame, c) -> np.ndarray:
     b, t, _ = paired(table, c.metric, c.arm, vs)
     return t - b if c.on == 'diff' else t / b
 
-def claim_table(spec:Spec, table:pd.DataFrame, alpha:float=0.05) -> pd.DataFrame:
-    "Each claim's estimate, CI, p, Holm-adjusted p and verdict."
+def is_timing(m) -> bool:
+    "Whether metric `m` is a timing (declared, else by its unit), whose claims need an unloaded host."
+    t = getattr(m, 'timing', None)
+    return bool(m.unit in ('s', 'ms') if t is None else t)
+
+def claim_gates(spec:Spec, c) -> list:
+    "The gates claim `c` must pass: its own, plus `runner.gate_unloaded()` when its metric is a timing."
+    gates = [c.gate] if getattr(c, 'gate', None) is not None else []
+    if is_timing(spec.metric(c.metric)): gates.append(runner.gate_unloaded())
+    return gates
+
+def check_gates(gates:list, table:pd.DataFrame, records:list[dict]) -> tuple[bool, str, str]:
+    "(passed, text, detail) of the conjunction of `gates`; a check that raises counts as failed, with its error."
+    if not gates: return True, '', ''
+    ok, details = True, []
+    for g in gates:
+        try: passed, detail = g(table, records) if callable(g) else g.check(table, records)
+        except Exception as e: passed, detail = False, f'the check raised {type(e).__name__}: {e}'
+        ok = ok and bool(passed)
+        details.append(f"{'passed' if passed else 'FAILED'}: {detail}")
+    return ok, ' AND '.join(g.text for g in gates), '; '.join(details)
+
+def claim_family(c) -> str:
+    "A claim's family ('exploratory' when it declares none)."
+    f = getattr(c, 'family', 'exploratory') or 'exploratory'
+    if f not in FAMILIES: raise ValueError(f"claim {c.id}: unknown family {f!r}; allowed: {', '.join(FAMILIES)}")
+    return f
+
+def _raw_claims(spec:Spec, table:pd.DataFrame, records:list[dict]|None) -> list[dict]:
+    "Per claim: its test at 95% and its gate, before any family adjustment."
     rows = []
     for c in spec.claims:
         q = claim_values(spec, table, c)
-        res = stats.claim_test(q, c.threshold, c.op, c.on, exact=spec.metric(c.metric).exact) if len(q) >= 2 else dict(estimate=np.nan, lo=np.nan, hi=np.nan, p=np.nan, holds=False)
-        rows.append(dict(id=c.id, claim=c.text, source=c.source, metric=c.metric, arm=c.arm,
+        exact = spec.metric(c.metric).exact
+        passed, gate, detail = check_gates(claim_gates(spec, c), table, records or [])
+        rows.append(dict(id=c.id, claim=c.text, source=c.source, family=claim_family(c), metric=c.metric, arm=c.arm,
                          vs=None if c.on == 'value' else (c.vs or spec.baseline), on=c.on, op=c.op, threshold=c.threshold,
-                         n=len(q), **res))
-    out = pd.DataFrame(rows)
-    if len(out):
-        out['p_holm'] = stats.holm(out.p)
-        out['verdict'] = [stats.verdict(p, h, alpha) for p, h in zip(out.p_holm, out.holds)]
-    return out
+                         **stats.claim_test(q, c.threshold, c.op, c.on, exact=exact),
+                         gate=gate, gate_passed=passed, gate_detail=detail, _q=q, _exact=exact))
+    return rows
+
+def _family_p(spec:Spec, rows:list[dict], family:pd.DataFrame|None) -> tuple[list[float], list[int]]:
+    "p-values of the primary family (this spec's own primary claims replacing its rows in `family`; NaN -> 1) and our positions."
+    other = [] if family is None or not len(family) else \
+        [1.0 if np.isnan(p) else float(p) for t, p in zip(family.technique, family.p) if t != spec.name]
+    mine = [i for i, r in enumerate(rows) if r['family'] == 'primary']
+    ps = [1.0 if np.isnan(rows[i]['p']) else rows[i]['p'] for i in mine]
+    return ps + other, mine
+
+def _finish(spec:Spec, rows:list[dict], family:pd.DataFrame|None, alpha:float) -> pd.DataFrame:
+    "Family adjustment, the CI at the level used, the MDE at the family's level, and the verdict."
+    if not rows: return pd.DataFrame()
+    fam_p, mine = _family_p(spec, rows, family)
+    m = len(fam_p)
+    p_holm, levels = (stats.holm(fam_p), stats.holm_alpha(fam_p, alpha)) if m else ([], [])
+    for r in rows:
+        r.update(p_holm=np.nan, family_size=np.nan, alpha_used=alpha, mde_alpha=alpha)
+    for j, i in enumerate(mine):
+        rows[i].update(p_holm=float(p_holm[j]), family_size=m, alpha_used=float(levels[j]), mde_alpha=alpha / m)
+    for r in rows:
+        q = r.pop('_q'); exact = r.pop('_exact')
+        r['ci_level'] = 1 - r['alpha_used']
+        adj = stats.claim_test(q, r['threshold'], r['op'], r['on'], conf=r['ci_level'], exact=exact)
+        r['lo_adj'], r['hi_adj'] = adj['lo'], adj['hi']
+        r['mde'] = stats.mde_dz(r['n'], r['mde_alpha']) * r['sd'] if r['n'] >= 2 else np.nan
+        r['mde_scale'] = r['test_scale']
+        p_dec = r['p_holm'] if r['family'] == 'primary' else r['p']
+        r['verdict'] = stats.verdict(p_dec, r['holds'], alpha, r['gate_passed'])
+        r['note'] = _note(r, alpha)
+    return pd.DataFrame(rows)
+
+def _note(r:dict, alpha:float) -> str:
+    "What a reader must know about a row: the sign-flip floor when it decided, an exploratory label."
+    notes = []
+    floor = 2 / 2 ** r['n'] if r['n'] else np.nan
+    if r['n'] and not np.isnan(r['p_t']) and r['p_t'] < r['alpha_used'] <= floor:
+        notes.append(f"with {r['n']} seeds no distribution-free test goes below p = {floor:.3g}: the t-test alone would be "
+                     f"significant here, the sign-flip test cannot be")
+    if r['family'] == 'exploratory': notes.append('exploratory: raw p, not corrected for multiplicity')
+    if r['family'] == 'calibration': notes.append('calibration: checks the harness, outside the study family')
+    return '; '.join(notes)
+
+def claim_table(spec:Spec, table:pd.DataFrame, records:list[dict]|None=None,
+                family:pd.DataFrame|None=None, # the study's primary family (`primary_family`); None: this spec's own primary claims
+                alpha:float=0.05) -> pd.DataFrame:
+    "Each claim's gate, estimate, CIs (95% and at the level used), p (t, sign-flip), family-adjusted p and verdict."
+    return _finish(spec, _raw_claims(spec, table, records), family, alpha)
+
+def study_techniques() -> list[str]:
+    "The techniques of the study proper (calibration excluded)."
+    return [t for t in available_techniques() if t not in CALIBRATION]
+
+def spec_records(spec:Spec, profile:str, store:Store, table:pd.DataFrame) -> list[dict]:
+    "The stored records behind `table` (the spec's current arms, the table's seeds)."
+    seeds = set(table.seed)
+    return [r for r in store.records(spec.name, profile) if r.get('arm') in spec.arms
+            and r.get('param_hash') == spec.cell_hash(r['arm']) and r.get('seed') in seeds]
+
+def primary_family(profile:str, store:Store|None=None, seeds=None,
+                   specs:list|None=None, # default: every study technique's spec at `profile`
+                   alpha:float=0.05) -> pd.DataFrame:
+    "Every primary claim of the study with its p, study-wide Holm p and verdict; techniques without results count p = 1."
+    store = store or Store()
+    if specs is None:
+        specs = []
+        for t in study_techniques():
+            try: specs.append(get_spec(t, profile))
+            except Exception as e: warnings.warn(f'primary_family: {t} left out, its spec failed: {type(e).__name__}: {e}')
+    parts = []
+    for spec in specs:
+        table = results_table(spec, profile, store, seeds)
+        raw = [r for r in _raw_claims(spec, table, spec_records(spec, profile, store, table)) if r['family'] == 'primary']
+        parts.append((spec, raw))
+    fam = pd.DataFrame([dict(technique=s.name, id=r['id'], p=r['p']) for s, raw in parts for r in raw],
+                       columns=['technique', 'id', 'p'])
+    out = [_finish(s, raw, fam, alpha).assign(technique=s.name) for s, raw in parts if raw]
+    if not out: return pd.DataFrame(columns=['technique', 'id', 'p', 'p_holm', 'verdict'])
+    out = pd.concat(out, ignore_index=True)
+    return out[['technique'] + [c for c in out.columns if c != 'technique']]
 
 # %% ../nbs/07_report.ipynb #c007
+VERDICT_COLOURS = dict(supported='#2e7d32', refuted='#c62828', inconclusive='#c89600', uninformative='#9e9e9e')
+
 def fig_to_img(fig:Figure, dpi:int=110) -> str:
     "An <img> tag holding the figure as an embedded PNG."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
@@ -79,12 +191,90 @@ def paired_plot(spec:Spec, table:pd.DataFrame, metrics=None, ncols:int=3) -> Fig
     fig.tight_layout()
     return fig
 
+def _plain_log(ax, axis:str='x'):
+    "Log axis labelled with plain numbers (2, 3, 0.5) instead of 2×10⁰."
+    from matplotlib.ticker import FuncFormatter
+    a = ax.xaxis if axis == 'x' else ax.yaxis
+    f = FuncFormatter(lambda v, _: f'{v:g}')
+    a.set_major_formatter(f); a.set_minor_formatter(f)
+
+def _short(s:str, n:int=48) -> str: s = str(s); return s if len(s) <= n else s[:n - 1] + '…'
+
+def forest_plot(claims:pd.DataFrame) -> Figure:
+    "One row per claim: estimate with its CI at the level used (thick) and 95% (thin) against the claim's threshold (dashed), coloured by verdict; log axis for log-scale claims."
+    claims = claims.reset_index(drop=True)
+    n = max(len(claims), 1)
+    fig = Figure(figsize=(8.5, 0.62 * n + 0.9))
+    if not len(claims):
+        fig.add_subplot().text(0.5, 0.5, 'no claims', ha='center', va='center'); return fig
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, (_, r) in zip(axes, claims.iterrows()):
+        col = VERDICT_COLOURS.get(r.get('verdict'), 'k')
+        log = r.get('test_scale', 'log' if r.get('on') == 'ratio' else 'linear') == 'log'
+        est, thr = r.get('estimate', np.nan), r.get('threshold', np.nan)
+        lo, hi = r.get('lo_adj', r.get('lo', np.nan)), r.get('hi_adj', r.get('hi', np.nan))
+        pts = [v for v in (thr, est, lo, hi, r.get('lo', np.nan), r.get('hi', np.nan)) if np.isfinite(v) and (v > 0 or not log)]
+        if np.isfinite(r.get('lo', np.nan)): ax.plot([r['lo'], r['hi']], [0, 0], color=col, lw=1)
+        if np.isfinite(lo): ax.plot([lo, hi], [0, 0], color=col, lw=4, solid_capstyle='butt', alpha=0.8)
+        if np.isfinite(est): ax.plot([est], [0], 'o', color=col, ms=6, mec='k', mew=0.5)
+        else: ax.text(0.5, 0.5, 'no data', transform=ax.transAxes, ha='center', va='center', fontsize=8, color='#666')
+        ax.axvline(thr, color='k', ls='--', lw=1)
+        if log: ax.set_xscale('log'); _plain_log(ax)
+        if pts:
+            a, b = min(pts), max(pts)
+            if log: a, b = a / 1.15, b * 1.15
+            else: pad = 0.08 * (b - a) or 0.1 * max(abs(a), 1e-9); a, b = a - pad, b + pad
+            ax.set_xlim(a, b)
+        ax.set_yticks([]); ax.tick_params(axis='x', which='both', labelsize=7)
+        who = f"{r['technique']}: " if 'technique' in r and isinstance(r['technique'], str) else ''
+        fam = r.get('family', '')
+        ax.set_ylabel(f"{_short(who + str(r['id']), 40)}\n{r.get('op', '')} {r.get('threshold', ''):g} · {fam} · {r.get('verdict', '')}",
+                      rotation=0, ha='right', va='center', fontsize=7.5, color=col)
+        for s in ('top', 'right', 'left'): ax.spines[s].set_visible(False)
+    handles = [axes[0].plot([], [], 'o', color=c, label=v)[0] for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc='upper center', ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.36, right=0.98, top=1 - 0.45 / (0.62 * n + 0.9), bottom=0.35 / (0.62 * n + 0.9), hspace=1.1)
+    return fig
+
+def tradeoff_plot(spec:Spec, metric_table:pd.DataFrame) -> Figure|None:
+    "Cost ratio (log axis) against quality difference per arm with their CIs, from `spec.tradeoff`; None when undeclared or unmeasured."
+    tr = getattr(spec, 'tradeoff', None)
+    if not tr or not len(metric_table): return None
+    cost, quality = tr
+    c, q = (metric_table[metric_table.metric == k].set_index('arm') for k in (cost, quality))
+    arms = [a for a in c.index if a in q.index]
+    if not arms: return None
+    fig = Figure(figsize=(6, 4.2)); ax = fig.add_subplot()
+    for a in arms:
+        cr, qr = c.loc[a], q.loc[a]
+        x = cr.get('ratio', np.nan)
+        xlo, xhi = cr.get('ratio_lo', np.nan), cr.get('ratio_hi', np.nan)
+        if not np.isfinite(x): x, xlo, xhi = cr.treat_mean / cr.base_mean, np.nan, np.nan
+        if not (np.isfinite(x) and x > 0): continue
+        xerr = [[x - xlo], [xhi - x]] if np.isfinite(xlo) else None
+        ax.errorbar([x], [qr['diff']], xerr=xerr, yerr=[[qr['diff'] - qr.diff_lo], [qr.diff_hi - qr['diff']]], fmt='o', capsize=3)
+        ax.annotate(_short(a, 24), (x, qr['diff']), textcoords='offset points', xytext=(5, 5), fontsize=8)
+    ax.plot([1], [0], 'ks'); ax.annotate(_short(spec.baseline, 24) + ' (baseline)', (1, 0), textcoords='offset points', xytext=(5, -12), fontsize=8)
+    ax.axvline(1, color='k', lw=0.8, ls=':'); ax.axhline(0, color='k', lw=0.8, ls=':')
+    ax.set_xscale('log'); _plain_log(ax)
+    cm, qm = spec.metric(cost), spec.metric(quality)
+    ax.set_xlabel(f"{cost} ratio to {spec.baseline} (log scale; {'lower' if not cm.higher_is_better else 'higher'} is better)", fontsize=9)
+    ax.set_ylabel(f"{quality} − {spec.baseline} ({'higher' if qm.higher_is_better else 'lower'} is better)", fontsize=9)
+    ax.set_title(f'{spec.name}: cost against quality, per arm (95% CIs)', fontsize=10); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/07_report.ipynb #c009
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.supported{background:#d8f5d0}.refuted{background:#f9d0d0}.inconclusive{background:#f5efc9}
+.uninformative{background:#e6e6e6;color:#555}.failed{background:#f9d0d0}
 .warn{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;margin:1em 0}.muted{color:#666;font-size:13px}
 img{max-width:100%}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}code{background:#f5f5f5;padding:0 3px}"""
+
+def esc(x) -> str:
+    "`x` as text safe inside HTML (element content and quoted attributes)."
+    return html.escape('' if x is None else str(x), quote=True)
 
 def fmt(x, digits:int=4) -> str:
     "A number to `digits` significant figures; blank for NaN."
@@ -99,24 +289,36 @@ def fmt_p(p) -> str:
     if p is None or np.isnan(p): return ''
     return '<0.0001' if p < 1e-4 else f'{p:.2g}'
 
-def _table(df:pd.DataFrame, row_class=None) -> str:
-    head = ''.join(f'<th>{html.escape(str(c))}</th>' for c in df.columns)
+def html_table(df:pd.DataFrame, row_class=None) -> str:
+    "`df` as an HTML table, every header and cell escaped; `row_class`: one CSS class per row (escaped too)."
+    head = ''.join(f'<th>{esc(c)}</th>' for c in df.columns)
     body = ''
     for i, (_, r) in enumerate(df.iterrows()):
-        cls = f' class="{row_class[i]}"' if row_class is not None else ''
-        body += f'<tr{cls}>' + ''.join(f'<td>{html.escape(str(v))}</td>' for v in r.values) + '</tr>'
+        cls = f' class="{esc(row_class[i])}"' if row_class is not None else ''
+        body += f'<tr{cls}>' + ''.join(f'<td>{esc(v)}</td>' for v in r.values) + '</tr>'
     return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
+_table = html_table  # old private name, kept until every caller uses html_table
+
+def _ci(e, l, h, digits=4) -> str: return f'{fmt(e, digits)} [{fmt(l, digits)}, {fmt(h, digits)}]' if np.isfinite(e) else ''
+
 def claims_html(ct:pd.DataFrame) -> str:
-    "The verdict table."
+    "The verdict table: family, gate, estimate with the CI at the level used and at 95%, p (verdict, t, sign-flip, Holm), MDE."
     if not len(ct): return '<p>No claims.</p>'
     q = {'diff': 'arm − vs', 'ratio': 'arm / vs', 'value': 'arm'}
+    gate = ['' if not g else f"{'passed' if ok else 'FAILED'}: {g} ({d})" for g, ok, d in zip(ct.gate, ct.gate_passed, ct.gate_detail)]
+    mde = [('' if not np.isfinite(m) else f'×{fmt(np.exp(m), 3)}' if s == 'log' else fmt(m, 3)) for m, s in zip(ct.mde, ct.mde_scale)]
     view = pd.DataFrame({
-        'claim': ct.claim, 'from': ct.source, 'metric': ct.metric, 'arm': ct.arm, 'vs': ct.vs.fillna('—'),
-        'tested': [f'{q[o]} {op} {fmt(t)}' for o, op, t in zip(ct.on, ct.op, ct.threshold)],
-        'estimate [95% CI]': [f'{fmt(e)} [{fmt(l)}, {fmt(h)}]' for e, l, h in zip(ct.estimate, ct.lo, ct.hi)],
-        'seeds': ct.n, 'p': ct.p.map(fmt_p), 'p (Holm)': ct.p_holm.map(fmt_p), 'verdict': ct.verdict})
-    return _table(view, list(ct.verdict))
+        'claim': ct.claim, 'family': ct.family, 'from': ct.source, 'metric': ct.metric, 'arm': ct.arm, 'vs': ct.vs.fillna('—'),
+        'tested': [f"{q[o]} {op} {fmt(t)}{' (log scale)' if s == 'log' else ''}" for o, op, t, s in zip(ct.on, ct.op, ct.threshold, ct.test_scale)],
+        'estimate [CI at level used]': [f'{_ci(e, l, h)} ({fmt(100 * c, 3)}%)' if np.isfinite(e) else ''
+                                        for e, l, h, c in zip(ct.estimate, ct.lo_adj, ct.hi_adj, ct.ci_level)],
+        '[95% CI]': [_ci(e, l, h) for e, l, h in zip(ct.estimate, ct.lo, ct.hi)],
+        'seeds': ct.n, 'p': ct.p.map(fmt_p), 'p (t)': ct.p_t.map(fmt_p), 'p (sign-flip)': ct.p_signflip.map(fmt_p),
+        'p (Holm, study primary)': [f'{fmt_p(p)} (m={int(m)})' if np.isfinite(p) else '' for p, m in zip(ct.p_holm, ct.family_size.fillna(0))],
+        'gate': gate, 'MDE (80% power, family level)': mde,
+        'verdict': [v + ('' if f == 'primary' else f' · {f}') for v, f in zip(ct.verdict, ct.family)], 'note': ct.note})
+    return html_table(view, list(ct.verdict))
 
 def metrics_html(mt:pd.DataFrame) -> str:
     "The results table: mean ± sd per arm, paired difference, ratio, tests, effect size, MDE."
@@ -125,60 +327,83 @@ def metrics_html(mt:pd.DataFrame) -> str:
     nan = pd.Series(np.nan, index=mt.index)
     ratio = [f'{fmt(r, 3)} [{fmt(l, 3)}, {fmt(h, 3)}]' if not np.isnan(r) else ''
              for r, l, h in zip(mt.get('ratio', nan), mt.get('ratio_lo', nan), mt.get('ratio_hi', nan))]
+    scale = mt.get('test_scale', pd.Series('linear', index=mt.index))
     view = pd.DataFrame({
         'metric': [f"{m}{f' ({u})' if u else ''} {'↑' if h else '↓'}" for m, u, h in zip(mt.metric, mt.unit, mt.higher_is_better)],
         'arm': mt.arm, 'baseline (mean ± sd)': [pm(m, s) for m, s in zip(mt.base_mean, mt.base_sd)],
         'arm (mean ± sd)': [pm(m, s) for m, s in zip(mt.treat_mean, mt.treat_sd)],
         'difference [95% CI]': [f'{fmt(d)} [{fmt(l)}, {fmt(h)}]' for d, l, h in zip(mt['diff'], mt.diff_lo, mt.diff_hi)],
-        'ratio [95% CI]': ratio, 'p (t)': mt.p_t.map(fmt_p), 'p (Wilcoxon)': mt.p_wilcoxon.map(fmt_p),
-        'p (Holm)': mt.p_holm.map(fmt_p), 'd_z': mt.d_z.map(lambda v: fmt(v, 3)), 'MDE (80% power)': mt.mde.map(lambda v: fmt(v, 3)),
+        'ratio [95% CI]': ratio, 'tested on': scale, 'p (t)': mt.p_t.map(fmt_p), 'p (Wilcoxon)': mt.p_wilcoxon.map(fmt_p),
+        'p (sign-flip)': mt.get('p_signflip', nan).map(fmt_p),
+        'p (Holm)': mt.p_holm.map(fmt_p), 'd_z': mt.d_z.map(lambda v: fmt(v, 3)),
+        'MDE (80% power)': [('' if not np.isfinite(m) else f'×{fmt(np.exp(m), 3)}' if s == 'log' else fmt(m, 3)) for m, s in zip(mt.mde, scale)],
         'n': mt.n})
-    return _table(view, ['supported' if (p < 0.05 and b) else 'refuted' if p < 0.05 else '' for p, b in zip(mt.p_holm, mt.better)])
+    return html_table(view, ['supported' if (p < 0.05 and b) else 'refuted' if p < 0.05 else '' for p, b in zip(mt.p_holm, mt.better)])
 
 def sources_html(table:pd.DataFrame) -> str:
     "Which source served each dataset split, with stand-ins flagged."
-    srcs = sorted({s for v in table.data_source.unique() for s in v.split('; ') if s})
-    items = ''.join(f"<li>{'<b>STAND-IN</b> ' if 'stand-in:' in s else ''}{html.escape(s)}</li>" for s in srcs)
+    srcs = sorted({s for v in table.data_source.unique() for s in str(v).split('; ') if s})
+    items = ''.join(f"<li>{'<b>STAND-IN</b> ' if 'stand-in:' in s else ''}{esc(s)}</li>" for s in srcs)
     warn = ('<div class="warn"><b>Stand-in data.</b> Some data in this report is an embedded stand-in, not the dataset the '
             'study plan names; its numbers answer the question on that stand-in only.</div>') if table.standin.any() else ''
     return warn + (f'<ul>{items}</ul>' if items else '<p>No data was loaded (synthetic).</p>')
 
 def provenance_html(records:list[dict], table:pd.DataFrame|None=None) -> str:
-    "Commits, package versions, devices, and the wall time of every cell."
+    "Commits, package versions, devices, and the wall time of every cell (every string escaped)."
     if not records: return ''
-    env = records[-1]['provenance']
-    commits = sorted({r['provenance']['git_commit'] for r in records})
-    devices = sorted({f"{r['provenance']['device']} ({r['provenance']['device_name']})" for r in records})
-    hosts = sorted({f"{r['provenance'].get('host', '?')} ({r['provenance'].get('cpus', '?')} CPUs)" for r in records})
-    versions = ', '.join(f'{k} {v}' for k, v in env['versions'].items())
-    cellt = pd.DataFrame([dict(arm=r['arm'], seed=r['seed'], started=r['started'][:19], wall_s=round(r['wall_s'], 2))
-                          for r in sorted(records, key=lambda r: r['started'])])
-    return (f"<p>git commit(s): <code>{html.escape(', '.join(commits))}</code><br>device(s): {html.escape('; '.join(devices))}<br>"
-            f"host(s): {html.escape('; '.join(hosts))}<br>"
-            f"python {env['python']} on {html.escape(env['platform'])}<br>{html.escape(versions)}</p>"
-            f"<details><summary>Every cell ({len(records)}), total {fmt(sum(r['wall_s'] for r in records), 3)} s</summary>{_table(cellt)}</details>")
+    pv = lambda r: r.get('provenance') or {}
+    env = pv(records[-1])
+    commits = sorted({str(pv(r).get('git_commit', '?')) for r in records})
+    devices = sorted({f"{pv(r).get('device', '?')} ({pv(r).get('device_name', '?')})" for r in records})
+    hosts = sorted({f"{pv(r).get('host', '?')} ({pv(r).get('cpus', '?')} CPUs)" for r in records})
+    versions = ', '.join(f'{k} {v}' for k, v in (env.get('versions') or {}).items())
+    cellt = pd.DataFrame([dict(arm=r.get('arm'), seed=r.get('seed'), started=str(r.get('started', ''))[:19],
+                               wall_s=round(float(r.get('wall_s', np.nan)), 2),
+                               load_start=pv(r).get('load_avg_start', ''), load_end=pv(r).get('load_avg_end', ''))
+                          for r in sorted(records, key=lambda r: str(r.get('started', '')))])
+    total = sum(float(r.get('wall_s', 0) or 0) for r in records)
+    return (f"<p>git commit(s): <code>{esc(', '.join(commits))}</code><br>device(s): {esc('; '.join(devices))}<br>"
+            f"host(s): {esc('; '.join(hosts))}<br>"
+            f"python {esc(env.get('python', '?'))} on {esc(env.get('platform', '?'))}<br>{esc(versions)}</p>"
+            f"<details><summary>Every cell ({len(records)}), total {fmt(total, 3)} s</summary>{html_table(cellt)}</details>")
 
-def render_html(spec:Spec, table:pd.DataFrame, records:list[dict], profile:str, extra:list|None=None) -> str:
+def verdicts_intro(ct:pd.DataFrame, alpha:float=0.05) -> str:
+    "The paragraph above the verdict table: how families, gates and levels decide."
+    m = ct.family_size.dropna()
+    fam = f'the {int(m.iloc[0])} primary claims of the whole study' if len(m) else 'the primary claims of the study'
+    return (f'<p class="muted">Primary claims: Holm-corrected over {esc(fam)} (the same family as in the study index); '
+            f'exploratory and calibration claims: raw p at α = {fmt(alpha)}, labelled. p = max(t-test p, sign-flip p) for '
+            'measured quantities (both shown). Supported / refuted when the p used is below its level and the estimate lies on '
+            'the claimed / other side; inconclusive otherwise; <b>uninformative</b> (grey) when the claim\'s gate failed: the run '
+            'could not answer it. Thick bars: the CI at the level the verdict used; thin: 95%.</p>')
+
+def render_html(spec:Spec, table:pd.DataFrame, records:list[dict], profile:str, extra:list|None=None,
+                family:pd.DataFrame|None=None, # the study's primary family (`primary_family`)
+                alpha:float=0.05) -> str:
     "The whole report page as a string."
-    mt, ct = metric_table(spec, table), claim_table(spec, table)
+    mt, ct = metric_table(spec, table), claim_table(spec, table, records, family, alpha)
     seeds = sorted(table.seed.unique())
     fig = fig_to_img(paired_plot(spec, table)) if len(table) else '<p>No results.</p>'
+    forest = fig_to_img(forest_plot(ct)) if len(ct) else ''
+    tp = tradeoff_plot(spec, mt)
+    tradeoff = (f"<h2>Cost and quality</h2><p class=\"muted\">Per arm: {esc(spec.tradeoff[0])} as a ratio to the baseline "
+                f"against the difference in {esc(spec.tradeoff[1])}, with 95% CIs.</p>{fig_to_img(tp)}") if tp is not None else ''
     arms = pd.DataFrame([{'arm': a} | {(f'{k} (param)' if k == 'arm' else k): str(v) for k, v in p.items()} for a, p in spec.arms.items()])
-    notes = ''.join(f'<li>{html.escape(n)}</li>' for n in spec.notes)
-    extra_html = ''.join(f'<h2>{html.escape(t)}</h2>{h}' for t, h in (extra or []))
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>lwstudy: {html.escape(spec.name)}</title><style>{CSS}</style></head><body>
-<h1>{html.escape(spec.name)}</h1><p><b>Question.</b> {html.escape(spec.question)}</p>
-<p class="muted">profile <b>{profile}</b> · {len(seeds)} paired seeds ({', '.join(map(str, seeds))}) · baseline arm <b>{html.escape(spec.baseline)}</b> ·
-study plan {html.escape(spec.plan or '—')} · rendered {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC</p>
+    notes = ''.join(f'<li>{esc(n)}</li>' for n in spec.notes)
+    extra_html = ''.join(f'<h2>{esc(t)}</h2>{h}' for t, h in (extra or []))
+    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>lwstudy: {esc(spec.name)}</title><style>{CSS}</style></head><body>
+<h1>{esc(spec.name)}</h1><p><b>Question.</b> {esc(spec.question)}</p>
+<p class="muted">profile <b>{esc(profile)}</b> · {len(seeds)} paired seeds ({esc(', '.join(map(str, seeds)))}) · baseline arm <b>{esc(spec.baseline)}</b> ·
+study plan {esc(spec.plan or '—')} · rendered {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC</p>
 <h2>Data</h2>{sources_html(table)}
-<h2>Verdicts</h2><p class="muted">Holm-adjusted across this report's claims; supported / refuted when the adjusted p &lt; 0.05 and the
-estimate lies on / off the claimed side of the threshold, inconclusive otherwise.</p>{claims_html(ct)}
+<h2>Verdicts</h2>{verdicts_intro(ct, alpha) if len(ct) else ''}{forest}{claims_html(ct)}
+{tradeoff}
 <h2>Results</h2><p class="muted">Paired by seed; difference = arm − baseline; ratio = geometric mean of arm / baseline with a
-log-scale CI; p (Holm) across every row; MDE = the difference the seed count detects with 80% power at the observed spread.
-Green: significantly better, red: significantly worse.</p>{metrics_html(mt)}
+log-scale CI, tested on that log scale; p (Holm) across every row; MDE = the difference (×ratio on the log scale) the seed
+count detects with 80% power at the observed spread. Green: significantly better, red: significantly worse.</p>{metrics_html(mt)}
 <h2>Per-seed paired plots</h2>{fig}
 {extra_html}
-<h2>Protocol</h2><p>Arms (identical but for the factor under test):</p>{_table(arms)}{f'<ul>{notes}</ul>' if notes else ''}
+<h2>Protocol</h2><p>Arms (identical but for the factor under test):</p>{html_table(arms)}{f'<ul>{notes}</ul>' if notes else ''}
 <h2>Provenance</h2>{provenance_html(records, table)}
 </body></html>"""
 
@@ -188,19 +413,18 @@ def resolve_out_dir(out_dir) -> Path:
     p = Path(out_dir)
     return p if p.is_absolute() else project_root()/p
 
-def write_report(spec:Spec, profile:str, out_dir='reports', store:Store|None=None, seeds=None) -> Path:
+def write_report(spec:Spec, profile:str, out_dir='reports', store:Store|None=None, seeds=None,
+                 family:pd.DataFrame|None=None, # the study's primary family; default: `primary_family(profile, store, seeds)` when `spec` has primary claims
+                ) -> Path:
     "Render `spec`'s stored results into `out_dir`; returns the HTML path."
     store = store or Store()
     table = results_table(spec, profile, store, seeds)
     if not len(table): raise FileNotFoundError(f'no stored results for {spec.name!r} in profile {profile!r} under {store.root}; run it first')
-    records = [r for r in store.records(spec.name, profile) if r['param_hash'] == spec.cell_hash(r['arm'])
-               and r['seed'] in set(table.seed)]
+    records = spec_records(spec, profile, store, table)
+    if family is None and any(claim_family(c) == 'primary' for c in spec.claims): family = primary_family(profile, store, seeds)
     extra = spec.sections(records, table) if getattr(spec, 'sections', None) else None
-    out = resolve_out_dir(out_dir); out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out/f'{spec.name}_results.csv', index=False)
-    metric_table(spec, table).to_csv(out/f'{spec.name}_metrics.csv', index=False)
-    claim_table(spec, table).to_csv(out/f'{spec.name}_claims.csv', index=False)
-    page = out/f'{spec.name}.html'
-    tmp = page.with_name(f'.{page.name}.{os.getpid()}.tmp'); tmp.write_text(render_html(spec, table, records, profile, extra), encoding='utf-8')
-    os.replace(tmp, page)
-    return page
+    out = resolve_out_dir(out_dir)
+    atomic_write(out/f'{spec.name}_results.csv', table.to_csv(index=False))
+    atomic_write(out/f'{spec.name}_metrics.csv', metric_table(spec, table).to_csv(index=False))
+    atomic_write(out/f'{spec.name}_claims.csv', claim_table(spec, table, records, family).to_csv(index=False))
+    return atomic_write(out/f'{spec.name}.html', render_html(spec, table, records, profile, extra, family))

@@ -4,13 +4,14 @@
 
 # %% ../nbs/05_stats.ipynb #c002
 from __future__ import annotations
-import warnings
+import functools, warnings
 import numpy as np
 from scipy import optimize, stats
 
 # %% auto #0
-__all__ = ['OPS', 'VERDICTS', 'describe', 'mean_ci', 'paired_diff_ci', 'paired_t', 'wilcoxon_p', 'cohens_dz', 'log_ratio_ci',
-           'one_sided_p', 'noninferiority_p', 'holm', 'power_paired', 'mde_dz', 'compare', 'claim_test', 'verdict']
+__all__ = ['SIDES', 'OPS', 'ONS', 'VERDICTS', 'describe', 'mean_ci', 'paired_diff_ci', 'paired_t', 'wilcoxon_p', 'signflip_p',
+           'cohens_dz', 'log_ratio_ci', 'one_sided_p', 'noninferiority_p', 'holm', 'holm_alpha', 'power_paired',
+           'mde_dz', 'compare', 'log_scale', 'claim_test', 'verdict']
 
 # %% ../nbs/05_stats.ipynb #c005
 def _arr(x) -> np.ndarray: return np.asarray(x, dtype=float)
@@ -31,11 +32,14 @@ def paired_diff_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
     "Mean paired difference (treat − base) with its confidence interval."
     return mean_ci(_arr(treat) - _arr(base), conf)
 
+def _no_spread(q) -> bool: q = _arr(q); return bool(np.ptp(q) <= 1e-12 * max(1.0, np.abs(q).max()))
+def _at(x:float, null:float) -> bool: return bool(np.isclose(x, null, rtol=1e-12, atol=1e-15))
+
 def _degenerate_p(q, null:float=0.0, exact:bool=False) -> float|None:
-    "One-sided p for a quantity with no spread (None when it has spread): 1 at `null`; else 0 if `exact`, the sign test's 0.5^n if not."
+    "One-sided p for a quantity with no spread (None when it has spread): 1 at `null`; else 0 if `exact`, the sign-flip test's 0.5^n if not."
     q = _arr(q)
-    if np.ptp(q) > 1e-12 * max(1.0, np.abs(q).max()): return None
-    if np.isclose(q.mean(), null, rtol=1e-12, atol=1e-15): return 1.0
+    if not _no_spread(q): return None
+    if _at(q.mean(), null): return 1.0
     return 0.0 if exact else 0.5 ** len(q)
 
 def paired_t(base, treat, exact:bool=False) -> float:
@@ -52,6 +56,25 @@ def wilcoxon_p(base, treat) -> float:
         warnings.simplefilter('ignore')
         return float(stats.wilcoxon(diff).pvalue)
 
+@functools.lru_cache(maxsize=None)
+def _sign_patterns(n:int) -> np.ndarray:
+    "All 2^n sign vectors (±1) of length n, one per row."
+    return (1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)).astype(float)
+
+def signflip_p(q, null:float=0.0,
+               n_exact:int=16, # enumerate all 2^n sign patterns up to this n, else Monte Carlo
+               n_mc:int=20000, # Monte Carlo draws above `n_exact`
+               seed:int=0, # Monte Carlo seed (fixed: the same data always give the same p)
+              ) -> float:
+    "Two-sided p of the sign-flip permutation test of H0 'q − null is symmetric about 0' (statistic |sum(q − null)|)."
+    d = _arr(q) - null
+    if not len(d): return float('nan')
+    if np.all(np.abs(d) <= 1e-12 * max(1.0, abs(null), np.abs(_arr(q)).max())): return 1.0
+    obs, tol = abs(d.sum()), 1e-9 * np.abs(d).sum()
+    if len(d) <= n_exact: return float(np.mean(np.abs(_sign_patterns(len(d)) @ d) >= obs - tol))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_mc, len(d)))
+    return float((1 + np.sum(np.abs(signs @ d) >= obs - tol)) / (1 + n_mc))
+
 def cohens_dz(base, treat) -> float:
     "Cohen's d_z: mean paired difference over the sd of the differences (inf/0 when they do not vary)."
     d = _arr(treat) - _arr(base)
@@ -65,11 +88,11 @@ def log_ratio_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
     return float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi))
 
 # %% ../nbs/05_stats.ipynb #c009
-OPS = ('>', '<')
+SIDES = ('>', '<')
 
 def one_sided_p(q, threshold:float=0.0, op:str='>', exact:bool=False) -> float:
     "p of H0 'mean(q) is not op threshold' (one-sample t-test, `scipy.stats.ttest_1samp`; zero spread: `_degenerate_p`)."
-    if op not in OPS: raise ValueError(f"unknown op {op!r}; allowed: {', '.join(OPS)}")
+    if op not in SIDES: raise ValueError(f"unknown side {op!r}; allowed: {', '.join(SIDES)}")
     q = _arr(q)
     d = _degenerate_p(q, threshold, exact)
     if d is not None:
@@ -95,6 +118,17 @@ def holm(pvals) -> np.ndarray:
     out[idx] = adj
     return out
 
+def holm_alpha(pvals, alpha:float=0.05) -> np.ndarray:
+    "Per-test level equivalent to Holm's decision: p_i < holm_alpha_i exactly when holm(p)_i < alpha (NaN stays NaN)."
+    p = _arr(pvals); out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p); m = ok.sum()
+    if m == 0: return out
+    idx = np.where(ok)[0][np.argsort(p[ok], kind='stable')]
+    mult = m - np.arange(m)
+    step = np.maximum.accumulate(p[idx] * mult)  # the uncapped Holm p of each sorted test
+    out[idx] = np.where(step > 0, alpha * p[idx] / np.where(step > 0, step, 1), alpha / mult)
+    return out
+
 # %% ../nbs/05_stats.ipynb #c015
 def power_paired(dz:float, n:int, alpha:float=0.05) -> float:
     "Power of the two-sided paired t-test to detect standardised effect `dz` with `n` pairs."
@@ -104,44 +138,77 @@ def power_paired(dz:float, n:int, alpha:float=0.05) -> float:
     return float(stats.nct.sf(tc, df, nc) + (0.0 if np.isnan(lower) else lower))
 
 def mde_dz(n:int, alpha:float=0.05, power:float=0.8) -> float:
-    "Smallest d_z the paired t-test detects with `power` at `alpha` using `n` pairs."
+    "Smallest d_z the paired t-test detects with `power` at `alpha` using `n` pairs (NaN below 2 pairs)."
     if n < 2: return float('nan')
-    return float(optimize.brentq(lambda d: power_paired(d, n, alpha) - power, 1e-6, 50))
+    if not 0 < alpha < 1 or not 0 < power < 1: raise ValueError(f'alpha={alpha!r}, power={power!r}: both must lie in (0, 1)')
+    hi = 8.0
+    while power_paired(hi, n, alpha) < power:  # widen the bracket: tiny alphas at n = 2 need d_z in the thousands
+        hi *= 4
+        if hi > 1e9: raise ValueError(f'no d_z below 1e9 reaches power {power} at alpha {alpha} with n={n}')
+    return float(optimize.brentq(lambda d: power_paired(d, n, alpha) - power, 1e-9, hi, xtol=1e-10, rtol=1e-12))
 
 # %% ../nbs/05_stats.ipynb #c018
 def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:float=0.95, exact:bool=False) -> dict:
-    "Per-arm mean/sd, paired difference with CI, t and Wilcoxon p, d_z, the MDE and (ratio scale) the ratio CI."
+    "Per-arm mean/sd, paired difference with CI, t / Wilcoxon / sign-flip p, d_z, the MDE and (ratio scale) the ratio CI."
     base, treat = _arr(base), _arr(treat)
     if len(base) != len(treat): raise ValueError(f'unpaired: {len(base)} baseline vs {len(treat)} treatment values')
     bd, td = describe(base), describe(treat)
     diff, lo, hi = paired_diff_ci(base, treat, conf)
-    sd_diff = float(np.std(treat - base, ddof=1)) if len(base) > 1 else float('nan')
+    log = scale == 'ratio' and (base > 0).all() and (treat > 0).all()
+    tb, tt = (np.log(base), np.log(treat)) if log else (base, treat)  # the scale tests, d_z and MDE use
+    sd_diff = float(np.std(tt - tb, ddof=1)) if len(base) > 1 else float('nan')
     row = dict(n=len(base), base_mean=bd['mean'], base_sd=bd['sd'], treat_mean=td['mean'], treat_sd=td['sd'],
-               diff=diff, diff_lo=lo, diff_hi=hi, p_t=paired_t(base, treat, exact), p_wilcoxon=wilcoxon_p(base, treat),
-               d_z=cohens_dz(base, treat), mde=mde_dz(len(base)) * sd_diff,
+               diff=diff, diff_lo=lo, diff_hi=hi, test_scale='log' if log else 'linear',
+               p_t=paired_t(tb, tt, exact), p_wilcoxon=wilcoxon_p(tb, tt), p_signflip=signflip_p(tt - tb),
+               d_z=cohens_dz(tb, tt), mde=mde_dz(len(base)) * sd_diff,
                better=bool(diff > 0) if higher_is_better else bool(diff < 0))
-    if scale == 'ratio' and (base > 0).all() and (treat > 0).all():
-        row['ratio'], row['ratio_lo'], row['ratio_hi'] = log_ratio_ci(base, treat, conf)
+    if log: row['ratio'], row['ratio_lo'], row['ratio_hi'] = log_ratio_ci(base, treat, conf)
     return row
 
 # %% ../nbs/05_stats.ipynb #c021
-VERDICTS = ('supported', 'refuted', 'inconclusive')
+OPS = ('>', '<', '!=')
+ONS = ('diff', 'ratio', 'value')
+VERDICTS = ('supported', 'refuted', 'inconclusive', 'uninformative')
+
+def _check(what, value, allowed):
+    if value not in allowed: raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+def log_scale(q, threshold:float, on:str='diff') -> bool:
+    "Whether a claim on `q` is tested on the log scale: ratios, and strictly positive values against a positive threshold."
+    q = _arr(q)
+    return on == 'ratio' or (on == 'value' and len(q) > 0 and bool((q > 0).all()) and threshold > 0)
 
 def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95,
                exact:bool=False, # `q` is computed, not sampled (FLOPs, sizes): zero spread then means certainty
               ) -> dict:
-    "Estimate, CI and two-sided p of per-seed quantity `q` against `threshold` (log scale when `on='ratio'`)."
+    "Estimate, CI, two-sided p (t, sign-flip, and the verdict's p) of per-seed quantity `q` against `threshold`."
+    _check('op', op, OPS); _check('comparison', on, ONS)
     q = _arr(q)
-    if on == 'ratio':
-        if (q <= 0).any() or threshold <= 0: raise ValueError('a ratio claim needs positive ratios and threshold')
-        m, lo, hi = (float(np.exp(v)) for v in mean_ci(np.log(q), conf))
-        lq, lt = np.log(q), np.log(threshold)
+    if on == 'ratio' and ((q <= 0).any() or threshold <= 0):
+        raise ValueError(f'a ratio claim needs positive ratios and threshold; got threshold {threshold!r}, min ratio {q.min() if len(q) else "none"}')
+    log = log_scale(q, threshold, on)
+    z, zt = (np.log(q), float(np.log(threshold))) if log else (q, float(threshold))
+    back = np.exp if log else (lambda v: v)
+    nan = float('nan')
+    out = dict(n=len(q), test_scale='log' if log else 'linear', conf=conf)
+    if len(q) < 2:
+        return out | dict(estimate=float(back(z.mean())) if len(q) else nan, lo=nan, hi=nan, p=nan, p_t=nan,
+                          p_signflip=nan, holds=False, sd=nan)
+    m, lo, hi = mean_ci(z, conf)
+    p_sf = signflip_p(z, zt)
+    if _no_spread(z):
+        p_t = (0.0 if exact else nan)  # undefined for a measured quantity: the sign-flip test decides
+        p = 0.0 if exact else p_sf
     else:
-        (m, lo, hi), lq, lt = mean_ci(q, conf), q, threshold
-    p = min(1.0, 2 * min(one_sided_p(lq, lt, '>', exact), one_sided_p(lq, lt, '<', exact)))
-    return dict(estimate=m, lo=lo, hi=hi, p=p, holds=bool(m > threshold if op == '>' else m < threshold))
+        p_t = float(stats.ttest_1samp(z, zt).pvalue)
+        p = max(p_t, p_sf)
+    at = _at(m, zt) and _no_spread(z)
+    holds = False if at else bool(m > zt if op == '>' else m < zt if op == '<' else not _at(m, zt))
+    return out | dict(estimate=float(back(m)), lo=float(back(lo)), hi=float(back(hi)), p=float(p), p_t=p_t,
+                      p_signflip=p_sf, holds=holds, sd=float(z.std(ddof=1)))
 
-def verdict(p_adj:float, holds:bool, alpha:float=0.05) -> str:
-    "supported / refuted / inconclusive from a Holm-adjusted p and the side the estimate falls on."
-    if np.isnan(p_adj) or p_adj >= alpha: return 'inconclusive'
+def verdict(p_adj:float, holds:bool, alpha:float=0.05, gate_passed:bool=True) -> str:
+    "uninformative when the claim's gate failed; else supported / refuted / inconclusive from the adjusted p and the side."
+    if not gate_passed: return 'uninformative'
+    if p_adj is None or np.isnan(p_adj) or p_adj >= alpha: return 'inconclusive'
     return 'supported' if holds else 'refuted'

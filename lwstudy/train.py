@@ -6,15 +6,18 @@
 from __future__ import annotations
 import contextlib, time
 from dataclasses import dataclass, field
+from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from .core import current_device, make_generator
+from .core import BadInput, check_choice, current_device, make_generator
+from .measure import sync
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'make_loader', 'TrainState', 'Callback', 'to_device', 'classify_loss', 'autocast', 'train', 'predict',
-           'classification_scores', 'evaluate']
+__all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
+           'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer', 'train',
+           'predict', 'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -22,23 +25,82 @@ def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       generator=make_generator(seed, stream=1) if shuffle else None)
 
-# %% ../nbs/03_train.ipynb #c008
+# %% ../nbs/03_train.ipynb #c006b
 PRECISIONS = ('fp32', 'bf16', 'fp16')
+PRECISION_POLICIES = ('auto', 'mixed', *PRECISIONS)
+BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 
+def _cpu_native_bf16(cpuinfo:str|Path='/proc/cpuinfo', # the file listing the CPU's flags
+                    ) -> bool:
+    "Whether the `flags` lines of `cpuinfo` name a native bf16 instruction set (False when unreadable)."
+    try: text = Path(cpuinfo).read_text()
+    except OSError: return False
+    flags = {f for line in text.splitlines() if line.partition(':')[0].strip() == 'flags' for f in line.partition(':')[2].split()}
+    return bool(flags & set(BF16_FLAGS))
+
+def _native_bf16() -> bool:
+    "core.native_bf16 where core has it, else the flags in /proc/cpuinfo."
+    from lwstudy import core
+    return core.native_bf16() if hasattr(core, 'native_bf16') else _cpu_native_bf16()
+
+def _device_type(device) -> str:
+    "'cpu' or 'cuda' for a device name ('cuda:1') or `torch.device`."
+    kind = device.type if isinstance(device, torch.device) else str(device or 'cpu').split(':')[0]
+    check_choice('device', kind, ('cpu', 'cuda'))
+    return kind
+
+def resolve_precision(precision:str='auto', # 'auto', 'mixed', or one of PRECISIONS
+                      device:str='cpu', # the device the work runs on
+                     ) -> str:
+    "The precision to train in ('fp32', 'bf16' or 'fp16') under the study's policy, for this host and `device`."
+    check_choice('precision', precision, PRECISION_POLICIES)
+    kind = _device_type(device)
+    if precision == 'fp16' and kind != 'cuda':
+        raise BadInput(f"precision 'fp16' needs a CUDA device, got device {device!r}; on the CPU use one of 'bf16', 'fp32', 'auto', 'mixed'")
+    if precision in PRECISIONS: return precision
+    if kind == 'cuda':
+        if precision == 'mixed': return 'fp16'
+        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    return 'bf16' if _native_bf16() else 'fp32'
+
+def autocast(precision:str, # a policy or precision, resolved with `resolve_precision`
+             device:str, # the device the work runs on
+            ):
+    "The autocast context for a precision ('fp32' is a no-op)."
+    precision = resolve_precision(precision, device)
+    if precision == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(_device_type(device), dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
+
+# %% ../nbs/03_train.ipynb #c008
 @dataclass
 class TrainState:
-    "What callbacks see: the model, optimiser, counters and the last batch's loss and logits."
+    "What callbacks see: the model, optimiser, counters, the last batch's loss and logits, and how it is running."
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     step: int = 0
     epoch: int = 0
-    loss: float = float('nan')
+    loss_t: torch.Tensor|None = None  # the last batch's loss, still on the device (`loss` reads it)
     logits: torch.Tensor|None = None
     batch: tuple|None = None
     stop: bool = False
-    history: list = field(default_factory=list)  # (step, epoch, loss, lr)
     train_s: float = 0.0
+    precision: str = 'fp32'  # the resolved precision the loop ran in
+    threads: dict = field(default_factory=dict)  # torch intra-op and inter-op threads while training
+    scaler: torch.amp.GradScaler|None = None  # fp16 only
+    _history: list = field(default_factory=list, repr=False)  # (step, epoch, loss as a device tensor or float, lr)
+    _read: int = field(default=0, repr=False)  # entries of `_history` before this index hold floats
 
+    @property
+    def loss(self) -> float: return float('nan') if self.loss_t is None else float(self.loss_t)
+    @property
+    def history(self) -> list:
+        "(step, epoch, loss, lr) of every step so far; losses not yet read come off the device in one transfer."
+        todo = self._history[self._read:]
+        if todo:
+            vals = torch.stack([h[2] for h in todo]).cpu().tolist()
+            self._history[self._read:] = [(s, e, v, lr) for (s, e, _, lr), v in zip(todo, vals)]
+            self._read = len(self._history)
+        return self._history
     @property
     def lr(self) -> float: return self.opt.param_groups[0]['lr']
     def set_lr(self, lr:float):
@@ -57,47 +119,76 @@ def to_device(batch, device):
     if isinstance(batch, dict): return {k: to_device(v, device) for k, v in batch.items()}
     return type(batch)(to_device(b, device) for b in batch)
 
+def to_channels_last(batch):
+    "Every 4-d floating tensor in a batch (tensor, tuple/list or dict) in channels_last memory format."
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 and batch.is_floating_point() else batch
+    if isinstance(batch, dict): return {k: to_channels_last(v) for k, v in batch.items()}
+    return type(batch)(to_channels_last(b) for b in batch)
+
 def classify_loss(model, batch):
     "Cross-entropy of `model(x)` against `y` for a batch `(x, y)`."
     x, y = batch
     logits = model(x)
     return F.cross_entropy(logits.float(), y), logits
 
-def autocast(precision:str, device:str):
-    "The autocast context for a precision ('fp32' is a no-op)."
-    from lwstudy.core import check_choice
-    check_choice('precision', precision, PRECISIONS)
-    if precision == 'fp32': return contextlib.nullcontext()
-    if precision == 'fp16' and device != 'cuda': raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on the CPU")
-    return torch.autocast(device, dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
+ADAMW_IMPLS = ('auto', 'fused', 'foreach', 'loop')
+_FUSED_DEVICES = ('cuda', 'cpu')  # torch >= 2.4 has fused AdamW for both
+
+def make_optimizer(params, # a module (its trainable parameters), parameters, or param groups
+                   lr:float, # learning rate
+                   weight_decay:float=0.01, # decoupled weight decay
+                   betas:tuple=(0.9, 0.999), eps:float=1e-8,
+                   impl:str='auto', # 'auto': fused where torch has it for the parameters' device, else 'foreach'
+                  ) -> torch.optim.AdamW:
+    "AdamW with torch's fastest implementation for the device (fused, else multi-tensor foreach)."
+    check_choice('AdamW implementation', impl, ADAMW_IMPLS)
+    if isinstance(params, torch.nn.Module): params = [p for p in params.parameters() if p.requires_grad]
+    params = list(params)
+    if not params: raise BadInput('make_optimizer got no parameters to optimise (all frozen?)')
+    if impl == 'auto':
+        first = params[0]['params'][0] if isinstance(params[0], dict) else params[0]
+        impl = 'fused' if first.device.type in _FUSED_DEVICES else 'foreach'
+    kw = dict(fused=True) if impl == 'fused' else dict(foreach=impl == 'foreach')
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
 
 def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=classify_loss, callbacks=(),
-          precision:str='fp32', device:str|None=None, progress:bool=False) -> TrainState:
+          precision:str='fp32', # a policy or precision (see `resolve_precision`)
+          device:str|None=None, progress:bool=False,
+          channels_last:bool=False, # model and 4-d float inputs in channels_last (CNNs)
+         ) -> TrainState:
     "Train `model` on `loader` for `epochs` (or until `max_steps`); returns the final `TrainState`."
     device = device or current_device()
+    precision = resolve_precision(precision, device)
+    if channels_last: model.to(memory_format=torch.channels_last)
     model.to(device).train()
-    state = TrainState(model, opt)
-    scaler = torch.amp.GradScaler('cuda') if precision == 'fp16' else None
+    state = TrainState(model, opt, precision=precision, scaler=torch.amp.GradScaler('cuda') if precision == 'fp16' else None,
+                       threads=dict(intra_op=torch.get_num_threads(), inter_op=torch.get_num_interop_threads()))
+    scaler = state.scaler
     for cb in callbacks: cb.before_fit(state)
     t0 = time.perf_counter()
     bar = _bar(progress, total=max_steps or epochs * len(loader))
+    done = lambda: state.stop or (max_steps and state.step >= max_steps)
     for state.epoch in range(epochs):
         for batch in loader:
-            state.batch = batch = to_device(batch, device)
+            batch = to_device(batch, device)
+            state.batch = batch = to_channels_last(batch) if channels_last else batch
             with autocast(precision, device): loss, logits = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             if scaler: scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
             else: loss.backward(); opt.step()
             state.step += 1
-            state.loss, state.logits = loss.item(), logits.detach()
-            state.history.append((state.step, state.epoch, state.loss, state.lr))
+            state.loss_t, state.logits = loss.detach().float(), logits.detach()
+            state._history.append((state.step, state.epoch, state.loss_t, state.lr))
             for cb in callbacks: cb.after_step(state)
             if bar: bar.update(1)
-            if state.stop or (max_steps and state.step >= max_steps): break
+            if done(): break
+        state.history  # one transfer per epoch
         for cb in callbacks: cb.after_epoch(state)
-        if state.stop or (max_steps and state.step >= max_steps): break
-    if device == 'cuda': torch.cuda.synchronize()
+        if done(): break
+    sync(device)
     state.train_s = time.perf_counter() - t0
+    state.history
     for cb in callbacks: cb.after_fit(state)
     if bar: bar.close()
     return state
@@ -109,16 +200,19 @@ def _bar(progress, total):
 
 # %% ../nbs/03_train.ipynb #c010
 @torch.no_grad()
-def predict(model, loader, *, forward=None, device:str|None=None, precision:str='fp32') -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model, loader, *, forward=None, device:str|None=None,
+            precision:str='fp32', # a policy or precision (see `resolve_precision`)
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     "Logits and labels over `loader` (batches `(x, y)`, or any batch with `forward(model, batch) -> (logits, y)`)."
     device = device or current_device()
+    precision = resolve_precision(precision, device)
     model.to(device).eval()
     forward = forward or (lambda m, b: (m(b[0]), b[1]))
     outs, ys = [], []
     for batch in loader:
         with autocast(precision, device): logits, y = forward(model, to_device(batch, device))
-        outs.append(logits.float().cpu()); ys.append(y.cpu())
-    return torch.cat(outs), torch.cat(ys)
+        outs.append(logits.float()); ys.append(y)
+    return torch.cat(outs).cpu(), torch.cat(ys).cpu()
 
 def classification_scores(logits:torch.Tensor, labels:torch.Tensor) -> dict:
     "accuracy, macro F1, mean cross-entropy, and ROC AUC for two classes."
@@ -131,5 +225,5 @@ def classification_scores(logits:torch.Tensor, labels:torch.Tensor) -> dict:
     return out
 
 def evaluate(model, loader, **kwargs) -> dict:
-    "`classification_scores` of `model` over `loader`."
+    "`classification_scores` of `model` over `loader` (`predict`'s keywords: `forward`, `device`, `precision`)."
     return classification_scores(*predict(model, loader, **kwargs))

@@ -1,4 +1,6 @@
-"""attention: blockpool attention against exact attention, the transformers swap, the MLM pieces, and a smoke run."""
+"""attention: blockpool attention against exact attention, the transformers swap, the MLM pieces, gates, and a smoke run."""
+import json, os
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -129,15 +131,75 @@ def test_spec_arms_differ_only_in_attention():
                         [(1, 'sdpa', 1), (1, 'blockpool', 2), (2, 'sdpa', 2), (2, 'blockpool', 1)]], 'blockpool') == 2
 
 
+def _table(rows):
+    return pd.DataFrame([dict(arm=a, seed=s, metric=m, value=v) for a, s, m, v in rows])
+
+
+def test_quality_gate_needs_the_baseline_to_beat_the_unigram_model_with_more_than_one_prediction():
+    good = _table([('sdpa', s, 'ptb_test_ppl_vs_unigram', 0.7) for s in (0, 1)] +
+                  [('sdpa', s, 'ptb_test_distinct_preds', 40.0) for s in (0, 1)])
+    assert A.QUALITY_GATE(good, [])[0]
+    one_token = good.assign(value=np.where((good.metric == 'ptb_test_distinct_preds') & (good.seed == 1), 1.0, good.value))
+    assert not A.QUALITY_GATE(one_token, [])[0]
+    near = good.assign(value=np.where(good.metric == 'ptb_test_ppl_vs_unigram', 1 - A.UNIGRAM_MARGIN + 0.01, good.value))
+    passed, detail = A.QUALITY_GATE(near, [])
+    assert not passed and 'ptb_test_ppl_vs_unigram' in detail
+    assert {c.id for c in A._claims() if c.gate is A.QUALITY_GATE} == {c.id for c in A._claims() if c.metric.endswith('_ppl')}
+    assert len([c for c in A._claims() if c.family == 'primary']) == 3
+
+
+def test_unigram_perplexity_by_hand():
+    ids = torch.tensor([[101, 2000, 2000, 2001, 102]]); lab = torch.tensor([[-100, 2000, -100, 2001, -100]])
+    n = 3 + 1.0 * 30522
+    want = np.exp(-(np.log(3.0 / n) + np.log(2.0 / n)) / 2)
+    assert A.unigram_ppl(ids, lab, lab, 30522, alphas=(1.0,))['test_ppl'] == pytest.approx(want, rel=1e-12)
+
+
+def test_sections_escape_cached_strings_and_never_compute(home, monkeypatch):
+    from lwstudy.core import atomic_write
+    evil = '<script>alert(1)</script>'
+    rows = [dict(T=t, arm=a, fwd_s=1.0, fwdbwd_s=0.4 if a == 'blockpool' else 1.0, peak_mb=10.0, enc_peak_mb=5.0)
+            for t in (128, 4096) for a in ('sdpa', 'eager', 'blockpool', 'linear')]
+    atomic_write(A.sweep_path(), json.dumps(dict(measured=evil, device=evil, git_commit=evil, batch=2, repeats=1,
+                                                 load_avg_1min=[0.1, 0.2], cpus=2, model=evil, rows=rows, rss=[])))
+    atomic_write(A.approx_path(), json.dumps(dict(T=512, n_seqs=1, layers=6, heads=12, source=evil, measured=evil,
+                                                  rows=[dict(method=evil, mean=0.1, min=0.1, max=0.1)])))
+    monkeypatch.setattr(A, 'record_qkv', lambda *a, **k: pytest.fail('a report hook computed'))
+    keys = ('ptb_test_ppl', 'ptb_test_ppl_vs_unigram', 'unigram_test_ppl', 'ptb_test_acc', 'ptb_test_distinct_preds', 'final_train_loss')
+    rec = dict(arm='sdpa', seed=0, params=dict(long_len=4096), info=dict(unigram=evil), series={}, metrics=dict.fromkeys(keys, 1.0))
+    page = ''.join(h for _, h in A.sections([rec], pd.DataFrame()))
+    assert '<script>' not in page and page.count('&lt;script&gt;') >= 6
+
+
+def test_dryrun_is_fulls_model_on_a_few_steps():
+    full, dry = A.task_params('full'), A.task_params('dryrun')
+    assert {k: dry[k] for k in A.MODEL_KEYS + ('seq_len',)} == {k: full[k] for k in A.MODEL_KEYS + ('seq_len',)}
+    assert dry['max_steps'] == 2 and dry['n_train'] == dry['batch_size'] * dry['max_steps'] and dry['n_eval'] < 64
+    assert A.spec('dryrun').version == A.spec('quick').version
+
+
+@pytest.mark.slow
+def test_dryrun_cell_runs_offline(no_mirror, monkeypatch):
+    "One dryrun cell (full's DistilBERT-base shape at seq_len 512, long_len 4096): the code path `full` runs."
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    out = A.fit(A.spec('dryrun').arms['blockpool'], 0, 'dryrun')
+    assert out['params_count'] > 60e6 and out['n_train_windows'] == A.task_params('dryrun')['n_train']
+    assert 0 < out['long_mem_vs_eager'] < 1 and np.isfinite(out['ptb_test_ppl_vs_unigram'])
+
+
 @pytest.mark.needs_data
 def test_smoke_run_writes_a_report(home):
-    from lwstudy.cli import experiment
+    from lwstudy.study import experiment
     exp = experiment('attention', profile='smoke', seeds=2, progress=False)
     page = exp.report.read_text()
     for s in ('Sequence-length sweep', 'Approximation error on real activations', 'Quality at this training budget',
               'Training curves', 'ptb_text_only'):
         assert s in page, s
     assert set(exp.claims.id) == {c.id for c in A._claims()}
+    ct = exp.claims.set_index('id')
+    sdpa_distinct = exp.table[(exp.table.arm == 'sdpa') & (exp.table.metric == 'ptb_test_distinct_preds')].value
+    if (sdpa_distinct <= 1).any():  # a unigram-level baseline: its perplexity claims say nothing
+        assert (ct.loc[['ppl-test', 'ppl-val', 'ref-ppl-test', 'vs-ref-ppl'], 'verdict'] == 'uninformative').all()
     t = exp.table
     assert set(t.arm) == {'sdpa', 'blockpool', 'linear'} and not t.standin.any()
     ppl = t[t.metric == 'ptb_test_ppl'].value

@@ -80,11 +80,65 @@ def test_teacher_is_cached_and_reused(cache, monkeypatch):
     t2, rec2 = d.get_teacher(p, 'smoke')
     assert rec1 == rec2
     assert all(torch.equal(a, b) for a, b in zip(t1.state_dict().values(), t2.state_dict().values()))
-    out = d.teacher_outputs(t2, p, 'smoke', rec2)
+    out = d.teacher_outputs(t2, p, 'smoke', rec2, layers=[5, 3])
     tr, _, _ = d.sst2_tokens(p, 'smoke')
     ids, mask, _ = tr.batch([0, 1])
     with torch.no_grad(): assert torch.allclose(out['logits'][[0, 1]], t2(ids, mask), atol=1e-4)
-    assert len(out['hidden']) == 6 and out['offsets'][-1] == out['hidden'][0].shape[0] == int(tr.lengths[:p['n_train']].sum())
+    assert sorted(out['hidden']) == [3, 5] and out['offsets'][-1] == out['hidden'][3].shape[0] == int(tr.lengths[:p['n_train']].sum())
+    layer_files = sorted(f.stem.rsplit('_', 1)[1] for f in cache.glob('distill/teacher_hidden_*_L?.pt'))
+    assert layer_files == ['L3', 'L5']  # only the layers asked for are cached
+    monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('cached layers were computed again'))
+    again = d.teacher_outputs(t2, p, 'smoke', rec2, layers=[3])
+    assert torch.equal(again['hidden'][3], out['hidden'][3]) and sorted(again['hidden']) == [3]
+
+
+def test_cache_files_are_not_unpickled(cache):
+    "A cache file holding a pickled callable (planted on a shared filesystem, say) is refused, not run."
+    p = dict(d.arms('smoke')['last3_fp32'])
+    from pathlib import Path
+    f = Path(d.get_teacher(p, 'smoke')[1]['path'])
+    assert f.parent == cache / 'distill'
+    ran = []
+    class Planted:
+        def __reduce__(self): return (ran.append, ('ran',))
+    good = f.read_bytes()
+    try:
+        torch.save(dict(state={}, record=Planted()), f)
+        with pytest.raises(Exception, match='Weights only load failed'): d.get_teacher(p, 'smoke')
+        assert ran == []
+    finally: f.write_bytes(good)
+
+
+def test_cache_estimate_refuses_before_allocating(cache, monkeypatch, capsys):
+    from lwstudy import measure
+    p = dict(d.arms('smoke')['all_fp32'])
+    t, rec = d.get_teacher(p, 'smoke')
+    tr, _, _ = d.sst2_tokens(p, 'smoke')
+    monkeypatch.setattr(measure, 'available_bytes', lambda *a, **k: 1000)
+    monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('allocated before the memory check'))
+    with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'smoke', rec, layers=range(6))
+    want = d.cache_bytes(d.hidden_shapes(t, tr, p['n_train']), range(6))
+    assert want == 2 * 6 * 384 * int(tr.lengths[:p['n_train']].sum())  # fp16 packed states of 6 layers
+    assert 'NLP teacher cache' in capsys.readouterr().out
+
+
+def test_mixed_precision_is_resolved_in_fit_not_at_import(monkeypatch):
+    "Arm hashes do not depend on the importing machine: a CPU client and a GPU worker agree."
+    import importlib
+    h = d.spec('smoke').cell_hash('last3_mixed')
+    assert d.arms('smoke')['last3_mixed']['precision'] == 'mixed'
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    try: assert importlib.reload(d).spec('smoke').cell_hash('last3_mixed') == h
+    finally:
+        monkeypatch.undo(); importlib.reload(d)
+
+
+def test_mixed_cell_on_cpu_says_what_ran(cache):
+    from lwstudy.train import resolve_precision
+    out = d.fit_vision(d.vision_params(d.arms('smoke')['alone_mixed']), 0, 'smoke', 'cpu')
+    assert out['precision_used'] == resolve_precision('mixed', 'cpu') and out['precision_used'] != 'fp16'
+    assert out['energy_counter'] == d.energy_counter('cpu')[1]
+    assert ('train_energy_j' in out) == (d.energy_counter('cpu')[0] is not None)
 
 
 def test_small_paired_run_and_report(home, cache):
@@ -148,7 +202,7 @@ def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):
     _check_vision_cells(out, 'digits')
     monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
     t, rec = d.get_vision_teacher(vp, 'smoke')
-    cached = d.vision_teacher_outputs(t, vp, 'smoke', rec)
+    cached = d.vision_teacher_outputs(t, vp, 'smoke', rec, layers=range(4))
     with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0]], t(train_im.x[[2, 0]]), atol=1e-4)
     assert [tuple(cached['hidden'][k].shape[1:]) for k in range(4)] == [(4 * 4 * 2 ** k, 16 >> k, 16 >> k) for k in range(4)]  # smoke: 16-pixel images
 
@@ -159,3 +213,30 @@ def test_vision_on_cifar10_mirror(cache):
     train_im, _, source = d.cifar_images(vp, 'smoke')
     assert source.count('mirror') == 2 and 'cifar10' in source and set(train_im.labels.tolist()) <= set(range(10))
     _check_vision_cells(_vision_cells(), 'cifar10')
+
+
+@pytest.mark.slow
+def test_dryrun_cell_runs_full_models_on_cpu(cache, capsys):
+    "dryrun: full's models (BERT-large -> BERT-base, ResNet-50 -> ResNet-18 at width 64, 32 pixels), 2 steps, offline."
+    from lwstudy.train import resolve_precision
+    p = d.arms('dryrun')['last3_mixed']
+    assert (p['teacher'], p['student_base'], p['vision_width'], p['vision_image_size']) == ('bert-large', 'bert-base', 64, 32)
+    out = d.fit(dict(p), 0, 'dryrun')
+    printed = capsys.readouterr().out
+    assert out['teacher_params'] > 3e8 and out['student_params'] > 1e8  # BERT-large (335M), BERT-base (109M)
+    assert out['hidden_pairs'] == '[(9, 21), (10, 22), (11, 23)]' and out['vision_hidden_pairs'] == '[(1, 1), (2, 2), (3, 3)]'
+    assert out['precision_used'] == out['vision_precision_used'] == resolve_precision('mixed', 'cpu')
+    assert 'full (estimated from dryrun): NLP teacher cache' in printed and 'dryrun: vision teacher cache' in printed
+    assert len(out['loss_curve']) == p['steps'] == 2
+
+
+def test_quick_vision_sizes_scale_to_the_standin(no_mirror):
+    "quick asks for 10,000 + 1,000 CIFAR images; the digits stand-in has fewer, so the sizes are scaled to it and recorded."
+    from lwstudy import data
+    data.sources_used(reset=True)
+    vp = d.vision_params(d.arms('quick')['alone_fp32'])
+    sz = d.vision_sizes(vp, 'quick')
+    have = {s: data.available_rows('cifar10', s, 'quick') for s in ('train', 'test')}
+    assert have['train'] < vp['n_teacher_train'] and sz == dict(n_teacher_train=have['train'], n_test=have['test'])
+    assert any(s.get('scaled') for s in data.sources_used() if s['dataset'] == 'cifar10')
+    assert d.vision_sizes(d.vision_params(d.arms('smoke')['alone_fp32']), 'smoke') == dict(n_teacher_train=128, n_test=64)

@@ -87,10 +87,17 @@ def test_bad_task():
 
 
 def test_smoke_run_and_report(home):
-    from lwstudy.cli import experiment
+    from lwstudy.study import experiment
     res = experiment('metabo', 'smoke', seeds=2, out_dir='reports', progress=False)
     assert res.computed == 6
     assert set(res.claims.id) == {'third-of-trials', 'fewer-than-bo', 'fewer-than-random', 'score-not-worse', 'bo-beats-random'}
+    ct = res.claims.set_index('id')
+    assert set(ct[ct.family == 'primary'].index) == {'fewer-than-bo', 'fewer-than-random', 'score-not-worse'}
+    head = res.table[res.table.metric == 'headroom_trials'].value
+    assert head.nunique() == 1  # a property of the tables: the same in every arm and seed
+    for c in ct.index:  # the headroom gate decides informative vs not, from the run's own tables
+        assert ct.loc[c, 'gate_passed'] == (head.iloc[0] >= mb.HEADROOM_MIN), c
+        assert (ct.loc[c, 'verdict'] == 'uninformative') == (not ct.loc[c, 'gate_passed']), c
     page = res.report.read_text()
     for title in ('Regret vs trial', 'Trials to within 1% per held-out task', 'Evaluation cache', 'Warm start proposals'):
         assert title in page
@@ -99,3 +106,39 @@ def test_smoke_run_and_report(home):
     assert ((v >= 1) & (v <= mb.task_params('smoke')['budget'] + 1)).all()
     # a second run reuses every stored cell and every stored evaluation
     assert experiment('metabo', 'smoke', seeds=2, out_dir='reports', progress=False).computed == 0
+
+
+def test_headroom_per_task():
+    p = dict(mb._arm_params('smoke', 'random'), tasks=tuple('abcd'))
+    out = mb.replay(_synth_tabs(), p, 0)
+    for t, v in out['per_task'].items():
+        best = v['best_val']
+        k = sum(r['val_accuracy'] >= (1 - p['tol']) * best - 1e-12 for r in _synth_tabs()[t]['rows'].values())
+        assert (v['n_configs'], v['n_within_1pct']) == (32, k)
+        assert v['random_expected_trials'] == pytest.approx(33 / (k + 1))
+    assert out['headroom_trials'] == pytest.approx(np.median([v['random_expected_trials'] for v in out['per_task'].values()]))
+
+
+def test_standin_sizes_scaled(home, no_mirror):
+    from lwstudy import data
+    data.sources_used(reset=True)
+    tr, val, test, _ = mb.task_slices('sst5', 1000, 500, 500, 'quick')  # the stand-in's sst5 validation has fewer than 1000 rows
+    have = data.available_rows('sst5', 'validation', 'quick')
+    assert have < 1000 and len(val) + len(test) == have and abs(len(val) - len(test)) <= 1 and len(tr) == 1000
+    assert any('sst5/validation' in str(s.get('scaled')) for s in data.sources_used())
+
+
+def test_dryrun_is_fulls_path():
+    full, dry = mb._arm_params('full', 'metabo'), mb._arm_params('dryrun', 'metabo')
+    for k in ('fidelity', 'model', 'engine', 'n_warm', 'tol'): assert full[k] == dry[k], k
+    assert dry['sizes']['max_steps'] == 2 and dry['sizes']['max_len'] == full['sizes']['max_len']
+    assert dry['budget'] > 10  # GP proposals happen after the 10 random starts
+    assert set(mb.config_of(dry['space'], i)['lr'] for i in mb.grid_indices(dry['space'])) <= set(mb.PLAN_GRID['lr'])
+
+
+@pytest.mark.slow
+def test_dryrun_finetune(home):
+    # full's fine-tune (DistilBERT; random weights when the Hub is unreachable) stops after 2 steps
+    p = mb._arm_params('dryrun', 'bo')
+    r = mb.evaluate_finetune('trec', mb.config_of(p['space'], mb.grid_indices(p['space'])[0]), p['sizes'], 'dryrun', p['model'])
+    assert r['steps'] == 2 and 0 <= r['val_accuracy'] <= 1 and r['precision'] in ('bf16', 'fp32')

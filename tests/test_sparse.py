@@ -1,5 +1,7 @@
-"""The sparse technique: patterns, layers against their masked dense twins, pattern survival, theory, and a smoke run."""
-import warnings
+"""The sparse technique: patterns, layers against their masked dense twins, pattern survival, theory, gates, and a smoke run."""
+import json, math, warnings
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -114,8 +116,70 @@ def test_spec_arms_share_keys_and_claims_are_valid():
     assert all(c.arm in s.arms for c in s.claims)
 
 
+def _table(rows):
+    return pd.DataFrame([dict(arm=a, seed=s, metric=m, value=v) for a, s, m, v in rows])
+
+
+def test_accuracy_gate_needs_dense_above_chance_and_a_small_standard_error():
+    good = _table([('dense', s, 'cnn_acc_over_chance', 0.3) for s in (0, 1)] + [('dense', s, 'cnn_test_se', 0.004) for s in (0, 1)])
+    g = S.accuracy_gate('cnn')
+    assert g(good, [])[0]
+    at_chance = good.assign(value=np.where(good.metric == 'cnn_acc_over_chance', S.CHANCE_MARGIN - 0.01, good.value))
+    assert not g(at_chance, [])[0]
+    small_test = good.assign(value=np.where((good.metric == 'cnn_test_se') & (good.seed == 0), S.ACC_TOL / 2 + 1e-4, good.value))
+    assert not g(small_test, [])[0]
+    acc = [c for c in S._claims() if c.metric.endswith('_test_accuracy')]
+    assert acc and all(c.gate is not None for c in acc)
+    assert [c.id for c in S._claims() if c.family == 'primary'] == sorted(S.PRIMARY, key=[c.id for c in S._claims()].index)
+
+
+def test_chance_stats_from_the_labels():
+    st = S.chance_stats(torch.tensor([0, 0, 0, 1]), 0.5)
+    assert st['chance'] == 0.75 and st['over_chance'] == -0.25 and st['se'] == math.sqrt(0.25 / 4) and st['n'] == 4
+
+
+def _fake_table():
+    rows = []
+    for arm, t in (('dense', 1.0), ('random_50', 2.0), ('block4_50', 1.5), ('block32_90', 0.5)):
+        for s in (0, 1):
+            for p in ('cnn', 'tf'):
+                vals = dict(test_accuracy=0.6, chance=0.5, acc_over_chance=0.1, params_frac=0.5, flops_frac=0.5, infer_ms=10 * t,
+                            infer_masked_ms=10.0, infer_peak_mb=1.0, train_time_s=1.0, train_peak_mb=1.0, storage_mb=1.0)
+                rows += [(arm, s, f'{p}_{k}', v) for k, v in vals.items()]
+    return _table(rows)
+
+
+def test_sections_use_the_table_and_escape_the_saved_sweep(home, monkeypatch):
+    from lwstudy import report
+    from lwstudy.core import atomic_write, project_root
+    evil = '<script>alert(1)</script>'
+    rows = [dict(shape=evil, out=8, inp=8, cols=8, sparsity=s, rep=evil, dense_ms=1.0, sparse_ms=1.0, speedup=v, dense_mb=1.0,
+                 sparse_mb=1.0) for s, v in ((0.5, 0.5), (0.9, 1.5))]
+    atomic_write(project_root()/S.BENCH_JSON, json.dumps(dict(when=evil, device=evil, repeats=evil, profile=evil, rows=rows)))
+    monkeypatch.setattr(report, 'claim_table', lambda *a, **k: pytest.fail('a report hook re-ran claim_table'))
+    page = ''.join(h for _, h in S.sections([], _fake_table()))
+    assert '<script>' not in page and page.count('&lt;script&gt;') >= 4
+    assert 'block32_90: speed-up 2.00x' in page  # dense 10 ms / 5 ms, from the table it was given
+
+
+def test_dryrun_is_fulls_models_on_two_steps():
+    full, dry = S.sizes('full'), S.sizes('dryrun')
+    model = ('cnn_widths', 'cnn_hidden', 'cnn_img_size', 'tf_seq_len', 'tf_vocab', 'tf_d', 'tf_heads', 'tf_ff', 'tf_layers')
+    assert {k: dry[k] for k in model} == {k: full[k] for k in model}
+    for p, bs in (('cnn', 'batch_size'), ('tf', 'tf_batch_size')):
+        assert dry[f'{p}_epochs'] * dry[f'{p}_n_train'] / dry[bs] == 2
+
+
+@pytest.mark.slow
+def test_dryrun_cell_runs_offline(no_mirror):
+    "One dryrun cell of the sparse 4x4 arm: full's models through the kernels, on the stand-ins."
+    out = S.fit(S.spec('dryrun').arms['block4_50'], 0, 'dryrun')
+    assert out['cnn_layer_sparsity'] == pytest.approx(0.5) and out['tf_layer_sparsity'] == pytest.approx(0.5)
+    assert out['cnn_kernel_max_abs_diff'] < 1e-3 and out['tf_n_test'] == S.sizes('dryrun')['tf_n_test']
+
+
 def test_smoke_run_and_report(home):
-    from lwstudy.cli import experiment
+    from lwstudy.study import experiment
     res = experiment('sparse', 'smoke', seeds=2, progress=False)
     assert res.computed == 8 and res.report.exists()
     t = res.table

@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REPO
-from lwstudy.cli import experiment
+from lwstudy.stats import VERDICTS
+from lwstudy.study import experiment
 from lwstudy.runner import Store
 
 CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
@@ -16,9 +17,9 @@ def test_study_through_papermill(home):
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'LWSTUDY_HOME': str(home)}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     page = (home/'reports'/'index.html').read_text()
-    for s in ['<h2>Verdicts</h2>', '<h2>Compute</h2>', 'href="aa.html"', 'href="control.html"']: assert s in page
+    for s in ['<h2>Pictures</h2>', '<h2>Verdicts</h2>', '<h2>Compute</h2>', 'href="aa.html"', 'href="control.html"', 'produced from commit']: assert s in page
     claims = pd.read_csv(home/'reports'/'study_claims.csv')
-    assert set(claims.technique) == {'aa', 'control'} and claims.verdict.isin(['supported', 'refuted', 'inconclusive']).all()
+    assert set(claims.technique) == {'aa', 'control'} and claims.verdict.isin(VERDICTS).all()
     for t in ('aa', 'control'): assert (home/'reports'/f'{t}.html').exists()
 
 def test_misspelt_study_parameter_is_an_error(home):
@@ -50,7 +51,7 @@ def test_reports_render_in_a_real_browser(home):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    index, _ = study('aa,control', 'smoke', seeds=2, device='cpu', progress=False)
+    index = study('aa,control', 'smoke', seeds=2, device='cpu', progress=False).index
     opts = webdriver.ChromeOptions()
     for a in ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
               '--disable-component-update', '--disable-sync', '--no-first-run', '--window-size=1400,2400']: opts.add_argument(a)
@@ -63,7 +64,7 @@ def test_reports_render_in_a_real_browser(home):
             verdicts = driver.find_element(By.XPATH, "//h2[text()='Verdicts']/following-sibling::table[1]")
             assert verdicts.is_displayed() and verdicts.size['height'] > 40
             rows = verdicts.find_elements(By.XPATH, './/tbody/tr')
-            assert rows and all(r.get_attribute('class') in ('supported', 'refuted', 'inconclusive') for r in rows)
+            assert rows and all(r.get_attribute('class') in VERDICTS for r in rows)
             widths = driver.execute_script('return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)')
             if page.name != 'index.html': assert widths and all(w > 100 for w in widths), widths  # plots decoded and shown
             driver.save_screenshot(str(shots/f'screenshot_{page.stem}.png'))

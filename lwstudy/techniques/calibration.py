@@ -8,21 +8,29 @@ import torch
 from ..core import by_profile, current_device, make_generator
 from ..data import image_tensors
 from ..models import SmallCNN, count_params
-from ..runner import Claim, Metric, Spec
+from ..runner import Claim, Gate, Metric, Spec, gate_mean
 from ..train import evaluate, make_loader, train
 
 # %% auto #0
-__all__ = ['METRICS', 'task_params', 'fit', 'aa_spec', 'control_spec']
+__all__ = ['CHANCE', 'MARGIN', 'SEEDS', 'METRICS', 'SPECS', 'task_params', 'fit', 'learned', 'aa_spec', 'control_spec']
 
 # %% ../../nbs/08_calibration.ipynb #c005
+CHANCE = 0.10  # 10 classes
+MARGIN = 0.05  # what the gated arm's mean accuracy must beat chance by
+SEEDS = 10  # default seeds: both experiments take seconds a cell
+
 def task_params(profile:str) -> dict:
     "Sizes of the calibration task for a profile."
     return by_profile(profile,
         smoke=dict(n_train=1024, n_test=512, widths=(16, 32, 64), batch_size=32, lr=2e-3),
         quick=dict(n_train=5000, n_test=2000, widths=(16, 32, 64), batch_size=64, lr=1e-3),
-        full=dict(n_train=50000, n_test=10000, widths=(64, 128, 256), batch_size=64, lr=1e-3))
+        full=dict(n_train=50000, n_test=10000, widths=(64, 128, 256), batch_size=64, lr=1e-3),
+        dryrun=dict(n_train=128, n_test=128, widths=(64, 128, 256), batch_size=64, lr=1e-3))  # full's shapes, 2 batches
 
-def fit(params:dict, seed:int, profile:str) -> dict:
+def fit(params:dict, # a calibration arm: task_params plus epochs and stream
+        seed:int, # the cell's seed
+        profile:str, # one of PROFILES (selects the data source)
+       ) -> dict:
     "Train the small CNN for `params['epochs']` and score it on the held-out slice."
     x, y = image_tensors('cifar10', 'train', profile, n=params['n_train'])
     xt, yt = image_tensors('cifar10', 'test', profile, n=params['n_test'])
@@ -39,17 +47,22 @@ METRICS = [Metric('test_accuracy', True, doc='accuracy on the fixed test slice')
            Metric('train_time_s', False, 's', 'ratio', 'wall time of the training loop'),
            Metric('final_train_loss', False, doc='loss of the last training batch')]
 
+def learned(arm:str) -> Gate:
+    "Gate: `arm`'s mean test accuracy beats chance by MARGIN."
+    return gate_mean('test_accuracy', arm, '>', CHANCE + MARGIN,
+                     f'{arm} learned: its mean test accuracy beats chance {CHANCE:.2f} by {MARGIN:.2f}')
+
 # %% ../../nbs/08_calibration.ipynb #c007
 def aa_spec(profile:str='quick') -> Spec:
     "A/A calibration: two identical arms on independent random streams."
     base = dict(task_params(profile), epochs=2)
     return Spec('aa', 'A/A calibration: do two identical arms (different random streams) come out different?',
                 dict(A=dict(base, stream=0), B=dict(base, stream=1)), 'A', METRICS,
-                [Claim('aa-accuracy', "B's test accuracy differs from A's (it should not: expect inconclusive)", 'test_accuracy', 'B',
-                       source='calibration'),
+                [Claim('aa-accuracy', "B's test accuracy differs from A's (calibration: it must not; expect inconclusive)",
+                       'test_accuracy', 'B', 0.0, '!=', source='calibration', family='calibration', gate=learned('A')),
                  Claim('aa-time', 'B trains faster than A (it should not: expect inconclusive)', 'train_time_s', 'B', 1.0, '<', 'ratio',
-                       source='calibration')],
-                fit, plan='(calibration)', datasets=[('cifar10', 'train', None), ('cifar10', 'test', None)],
+                       source='calibration', family='calibration')],
+                fit, plan='(calibration)', datasets=[('cifar10', 'train', None), ('cifar10', 'test', None)], default_seeds=SEEDS,
                 notes=['Both arms run the identical configuration; only the random stream (initialisation, data order) differs.'])
 
 # %% ../../nbs/08_calibration.ipynb #c009
@@ -59,7 +72,10 @@ def control_spec(profile:str='quick') -> Spec:
     return Spec('control', 'Positive control: does training 3 epochs instead of 1 give higher test accuracy (it must)?',
                 {'1_epoch': dict(base, epochs=1), '3_epochs': dict(base, epochs=3)}, '1_epoch', METRICS,
                 [Claim('control-accuracy', '3 epochs reach higher test accuracy than 1 epoch', 'test_accuracy', '3_epochs',
-                       source='calibration'),
+                       source='calibration', family='calibration', gate=learned('3_epochs')),
                  Claim('control-time', '3 epochs take longer to train than 1', 'train_time_s', '3_epochs', 1.0, '>',
-                       'ratio', source='calibration')],
-                fit, plan='(calibration)', datasets=[('cifar10', 'train', None), ('cifar10', 'test', None)])
+                       'ratio', source='calibration', family='calibration')],
+                fit, plan='(calibration)', datasets=[('cifar10', 'train', None), ('cifar10', 'test', None)],
+                default_seeds=SEEDS, tradeoff=('train_time_s', 'test_accuracy'))
+
+SPECS = {'aa': aa_spec, 'control': control_spec}  # the two experiments of this module, found by the runner's discovery

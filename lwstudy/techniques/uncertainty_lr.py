@@ -4,25 +4,26 @@
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c002
 from __future__ import annotations
-import copy, hashlib, math, re, string, time
+import copy, hashlib, html, io, math, re, string, time
 from collections import Counter
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from scipy import stats as sps
-from ..core import by_profile, cache_dir, current_device
-from ..data import image_tensors, load, take
-from ..models import bert_tokenizer, count_params, load_pretrained, pretrained_path, resnet18
-from ..runner import Claim, Metric, Spec
-from ..train import Callback, classification_scores, make_loader, predict, train
+from ..core import BadInput, atomic_write, by_profile, cache_dir, check_choice, current_device
+from ..data import image_tensors, load, scale_to_available, take
+from ..models import bert_tokenizer, count_params, from_config_or_pretrained, load_pretrained, masked_mean_pool, pretrained_path, resnet18
+from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean
+from ..train import Callback, evaluate, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'TASKS', 'TASK_METRICS', 'batch_entropy', 'Scheduler', 'FixedLR', 'UncertaintyLR',
-           'CosineWarmup', 'PlateauLR', 'ValTracker', 'make_scheduler', 'EntropyMonitor', 'run_schedule', 'cifar_task',
-           'lower_states', 'TopClassifier', 'FrozenLowerClassifier', 'encoder', 'text_features', 'imdb_task',
-           'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_task', 'task_params', 'fit', 'spec',
-           'sections']
+__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN',
+           'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR', 'UncertaintyLR', 'CosineWarmup', 'PlateauLR',
+           'ValTracker', 'make_scheduler', 'EntropyMonitor', 'run_schedule', 'run_settings', 'cifar_task',
+           'lower_states', 'TopClassifier', 'FrozenLowerClassifier', 'random_ok', 'encoder', 'text_features',
+           'imdb_task', 'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_frames', 'squad_task',
+           'task_params', 'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
 def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over the last dimension
@@ -65,8 +66,8 @@ class UncertaintyLR(Scheduler):
                  entropy_fn=batch_entropy, # logits -> normalised entropy
                 ):
         super().__init__()
-        if mode not in ('adaptive', 'absolute'): raise ValueError(f"unknown mode {mode!r}; allowed: adaptive, absolute")
-        if not 0 < factor < 1: raise ValueError(f'factor must lie in (0, 1), got {factor}')
+        check_choice('mode', mode, ('adaptive', 'absolute'))
+        if not 0 < factor < 1: raise BadInput(f'factor must lie in (0, 1), got {factor!r}; allowed: a number strictly between 0 and 1')
         self.every, self.factor, self.mode, self.threshold, self.beta = every, factor, mode, threshold, beta
         self.lr_min_frac, self.recover, self.entropy_fn = lr_min_frac, recover, entropy_fn
         self.window, self.ref, self.trace = [], None, []  # trace: (step, u, half_width, threshold_used, lr_after, action)
@@ -137,14 +138,29 @@ class ValTracker(Callback):
 # %% ../../nbs/50_uncertainty_lr.ipynb #c024
 SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
 ENTROPY_THRESHOLD = 0.5  # half the maximum entropy log K; fixed a priori, the same for every task and profile
+SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
+    fixed=dict(),
+    uncertainty=dict(mode='absolute', # a fixed threshold (the plan's "if entropy > threshold")
+                     threshold=ENTROPY_THRESHOLD, # fraction of log K
+                     factor=0.9, # the plan: "reduce learning rate by 10%"; recovery divides by it
+                     lr_min_frac=0.01), # floor: 1% of the initial LR
+    cosine=dict(warmup_frac=0.1, # linear warmup over the first 10% of the steps
+                lr_min_frac=0.0), # decays to 0
+    plateau=dict(factor=0.5, patience=1, # torch ReduceLROnPlateau: halve after 1 validation pass without improvement
+                 lr_min_frac=0.01))
 
-def make_scheduler(name:str, total_steps:int, every:int=10) -> Scheduler:
-    "One of `SCHEDULES`, configured as in the experiment."
+def make_scheduler(name:str, # one of `SCHEDULES`
+                   total_steps:int, # the training budget (cosine's length)
+                   every:int=10, # the uncertainty rule's window (steps)
+                   kw:dict|None=None, # the schedule's settings; default `SCHEDULE_KW[name]`
+                  ) -> Scheduler:
+    "One of `SCHEDULES`, configured by `kw` (the experiment's: `SCHEDULE_KW`)."
+    check_choice('schedule', name, SCHEDULES)
+    kw = SCHEDULE_KW[name] if kw is None else kw
     if name == 'fixed': return FixedLR()
-    if name == 'uncertainty': return UncertaintyLR(every=every, factor=0.9, mode='absolute', threshold=ENTROPY_THRESHOLD, lr_min_frac=0.01)
-    if name == 'cosine': return CosineWarmup(total_steps)
-    if name == 'plateau': return PlateauLR()
-    raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
+    if name == 'uncertainty': return UncertaintyLR(every=every, **kw)
+    if name == 'cosine': return CosineWarmup(total_steps, **kw)
+    return PlateauLR(**kw)
 
 class EntropyMonitor(Callback):
     "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
@@ -154,30 +170,65 @@ class EntropyMonitor(Callback):
         if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
-def run_schedule(model, loader, schedule:str, *, lr:float, steps:int, every:int, eval_every:int, target:float,
-                 evaluate_fn, loss_fn=None, params=None, precision:str='fp32') -> dict:
+def run_schedule(model, loader, schedule:str, *,
+                 lr:float, # initial (peak) LR
+                 steps:int, # training budget
+                 every:int, # the uncertainty rule's window; also the entropy monitor's
+                 eval_every:int, # steps between validation passes
+                 target:float, # validation score that defines "steps to target"
+                 evaluate_fn, # model -> dict(score=..., loss=...)
+                 loss_fn=None, # (model, batch) -> (loss, logits); default: classification on (x, y)
+                 params=None, # the parameters to optimise; default: every trainable one
+                 precision:str='fp32', # a policy or precision (see `train.resolve_precision`)
+                 schedule_kw:dict|None=None, # the schedule's settings (default: `SCHEDULE_KW[schedule]`)
+                ) -> dict:
     "Train `model` with Adam under `schedule` for `steps` steps; metrics and traces."
     opt = torch.optim.Adam(params if params is not None else [p for p in model.parameters() if p.requires_grad], lr=lr)
-    sched, mon = make_scheduler(schedule, steps, every), EntropyMonitor(every)
+    sched, mon = make_scheduler(schedule, steps, every, schedule_kw), EntropyMonitor(every)
     val = ValTracker(evaluate_fn, eval_every, target, steps, schedulers=[sched])
     kw = dict(loss_fn=loss_fn) if loss_fn else {}
     state = train(model, loader, opt, epochs=10**6, max_steps=steps, callbacks=[val, mon, sched], precision=precision, **kw)
     train_s = state.train_s - val.eval_s
+    acts = Counter(d[-1] for d in getattr(sched, 'trace', []))
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
                 sched_overhead_frac=sched.overhead_s / train_s, sched_overhead_s=sched.overhead_s,
                 lr_trace=sched.lr_trace[::max(1, every // 2)], entropy_trace=mon.trace, val_curve=val.curve,
-                decisions=list(getattr(sched, 'trace', [])), final_lr=state.lr, steps=state.step)
+                decisions=list(getattr(sched, 'trace', [])), rule_cuts=acts['down'], rule_raises=acts['up'],
+                final_lr=state.lr, steps=state.step)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c028
 def _score_fn(loader, forward=None, precision='fp32'):
     "model -> validation dict(score=accuracy, loss=cross-entropy)."
     def f(model):
-        s = classification_scores(*predict(model, loader, forward=forward, precision=precision))
+        s = evaluate(model, loader, forward=forward, precision=precision)
         return dict(score=s['accuracy'], loss=s['loss'])
     return f
 
-def cifar_task(p:dict, seed:int, profile:str, schedule:str) -> dict:
+def run_settings(p:dict, # a task's params (see `task_params`)
+                 name:str|None, # the dataset the task reads (None: no scaling)
+                 test_split:str|None, # its held-out split
+                 profile:str,
+                ) -> dict:
+    "`p` as this run uses it: sizes scaled to the rows the resolved source has, precision and batch size resolved for the device."
+    q = dict(p)
+    if name is not None:  # None: the task sizes its own slices (squad_v2)
+        q.update(scale_to_available(name, 'train', profile, dict(n_train=p['n_train'], n_val=p['n_val'])))
+        q.update(scale_to_available(name, test_split, profile, dict(n_test=p['n_test'])))
+    device = current_device()
+    q['precision'] = resolve_precision(p['precision'], device)
+    if p.get('cpu_batch') and device == 'cpu' and p['cpu_batch'] < p['batch_size']:  # dryrun on the CPU: fewer, same-shaped rows
+        f = p['cpu_batch'] / p['batch_size']
+        q.update(batch_size=p['cpu_batch'], n_train=max(1, round(q['n_train'] * f)),  # at least 2 evaluation rows: F1/AUC need them
+                 **{k: max(2, round(q[k] * f)) for k in ('n_val', 'n_test') if q[k]})
+    return q
+
+def cifar_task(p:dict, # the task's params (see `task_params`)
+               seed:int, profile:str,
+               schedule:str, # one of `SCHEDULES`
+               schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+              ) -> dict:
     "Train ResNet-18 (width `p['width']`) on CIFAR-10 under `schedule`; test accuracy/F1 and the run's traces."
+    p = run_settings(p, 'cifar10', 'test', profile)
     x, y = image_tensors('cifar10', 'train', profile, n=p['n_train'] + p['n_val'])
     xv, yv, x, y = x[p['n_train']:], y[p['n_train']:], x[:p['n_train']], y[:p['n_train']]
     xt, yt = image_tensors('cifar10', 'test', profile, n=p['n_test'])
@@ -185,9 +236,10 @@ def cifar_task(p:dict, seed:int, profile:str, schedule:str) -> dict:
     model = resnet18(n_classes=10, width=p['width']).to(current_device())
     out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), schedule, lr=p['lr'], steps=p['steps'],
                        every=p['every'], eval_every=p['eval_every'], target=p['target'], precision=p['precision'],
-                       evaluate_fn=_score_fn(make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']))
-    s = classification_scores(*predict(model, make_loader(xt, yt, batch_size=512, shuffle=False), precision=p['precision']))
-    return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True))
+                       evaluate_fn=_score_fn(make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']),
+                       schedule_kw=schedule_kw)
+    s = evaluate(model, make_loader(xt, yt, batch_size=512, shuffle=False), precision=p['precision'])
+    return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c030
 def _bool_mask(mask:torch.Tensor) -> torch.Tensor:
@@ -216,8 +268,7 @@ class TopClassifier(nn.Module):
         for layer in self.layers: h = layer(h, attention_mask=m)
         return h
     def forward(self, h, mask):
-        h = self.encode(h, mask); w = mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * w).sum(1) / w.sum(1).clamp(min=1))
+        return self.head(masked_mean_pool(self.encode(h, mask), mask))
 
 class FrozenLowerClassifier(nn.Module):
     "The same model from token ids: the frozen lower part run (without gradients) on every batch, for data too big to cache."
@@ -233,23 +284,38 @@ _features: dict = {}
 
 _encoders: dict = {}
 
-def encoder(name:str):
-    "A pretrained encoder, loaded once per process (callers copy the layers they train)."
-    if name not in _encoders: _encoders[name] = load_pretrained(name)
-    return _encoders[name]
+def random_ok(name:str, profile:str) -> bool:
+    "Whether this run builds `name` with random weights (`dryrun` only, when its pretrained weights are unavailable offline)."
+    if profile != 'dryrun': return False
+    try: pretrained_path(name); return False
+    except BadInput: return True
 
-def text_features(name:str, split:str, profile:str, n:int, model_name:str, max_len:int, n_frozen:int, seed:int=0,
-                  cache_lower:bool=True):
+def encoder(name:str, profile:str='quick'):
+    "A BERT-family encoder and its weights' note, loaded once per process (callers copy the layers they train)."
+    key = (name, random_ok(name, profile))
+    if key not in _encoders: _encoders[key] = from_config_or_pretrained(name, profile)
+    return _encoders[key]
+
+def text_features(name:str, split:str, profile:str,
+                  n:int, # rows (a fixed random subset)
+                  model_name:str, max_len:int,
+                  n_frozen:int, # lower layers run once here (with `cache_lower`)
+                  seed:int=0, # the subset's seed
+                  cache_lower:bool=True, # store the frozen part's hidden states, else token ids
+                 ):
     "A fixed slice of a text split as (frozen-part hidden states, or token ids if not `cache_lower`, mask, labels); cached."
     df = take(load(name, split, profile), n, seed)
-    key = f"{name}|{split}|{df.attrs['source']}|{n}|{seed}|{model_name}|{max_len}|{n_frozen}|{cache_lower}"
+    rnd = random_ok(model_name, profile)
+    key = f"{name}|{split}|{df.attrs['source']}|{n}|{seed}|{model_name}{'|random' if rnd else ''}|{max_len}|{n_frozen}|{cache_lower}"
     if key in _features: return _features[key]
     f = cache_dir()/'uncertainty_lr'/f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-    if f.exists(): _features[key] = torch.load(f); return _features[key]
-    b = bert_tokenizer(model_name)(list(df['text']), padding='max_length', truncation=True, max_length=max_len, return_tensors='pt')
-    h = lower_states(encoder(model_name), b['input_ids'], b['attention_mask'], n_frozen) if cache_lower else b['input_ids']
+    if f.exists() and not rnd: _features[key] = torch.load(f, weights_only=True); return _features[key]
+    b = bert_tokenizer(model_name, profile)(list(df['text']), padding='max_length', truncation=True, max_length=max_len,
+                                           return_tensors='pt')
+    h = lower_states(encoder(model_name, profile)[0], b['input_ids'], b['attention_mask'], n_frozen) if cache_lower else b['input_ids']
     out = (h.contiguous(), b['attention_mask'], torch.tensor(df['label'].to_numpy(copy=True), dtype=torch.long))
-    f.parent.mkdir(parents=True, exist_ok=True); tmp = f.with_suffix(f'.{id(out)}.tmp'); torch.save(out, tmp); tmp.replace(f)
+    if not rnd:  # features of random weights are not kept
+        buf = io.BytesIO(); torch.save(out, buf); atomic_write(f, buf.getvalue())
     _features[key] = out
     return out
 
@@ -262,22 +328,28 @@ def _text_forward(model, batch):
     h, m, y = batch
     return model(h, m), y
 
-def imdb_task(p:dict, seed:int, profile:str, schedule:str) -> dict:
+def imdb_task(p:dict, # the task's params (see `task_params`)
+              seed:int, profile:str,
+              schedule:str, # one of `SCHEDULES`
+              schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+             ) -> dict:
     "Fine-tune the top of a BERT-family encoder on IMDB under `schedule`; test accuracy, F1, AUC and traces."
+    p = run_settings(p, 'imdb', 'test', profile)
     feat = lambda split, n: text_features('imdb', split, profile, n, p['model'], p['max_len'], p['n_frozen'], 0, p['cache_lower'])
     h, m, y = feat('train', p['n_train'] + p['n_val'])
     ht, mt, yt = feat('test', p['n_test'])
     tr, va = slice(0, p['n_train']), slice(p['n_train'], None)
     torch.manual_seed(seed)
     cls = TopClassifier if p['cache_lower'] else FrozenLowerClassifier
-    model = cls(encoder(p['model']) if p['cache_lower'] else load_pretrained(p['model']), p['n_frozen']).to(current_device())
+    enc, weights = encoder(p['model'], profile) if p['cache_lower'] else from_config_or_pretrained(p['model'], profile)
+    model = cls(enc, p['n_frozen']).to(current_device())
     ld = lambda *t, shuffle=False, bs=256: make_loader(*t, batch_size=bs, shuffle=shuffle, seed=seed)
     out = run_schedule(model, ld(h[tr], m[tr], y[tr], shuffle=True, bs=p['batch_size']), schedule, lr=p['lr'], steps=p['steps'],
                        every=p['every'], eval_every=p['eval_every'], target=p['target'], loss_fn=_text_loss, precision=p['precision'],
-                       evaluate_fn=_score_fn(ld(h[va], m[va], y[va]), _text_forward, p['precision']))
-    s = classification_scores(*predict(model, ld(ht, mt, yt), forward=_text_forward, precision=p['precision']))
+                       evaluate_fn=_score_fn(ld(h[va], m[va], y[va]), _text_forward, p['precision']), schedule_kw=schedule_kw)
+    s = evaluate(model, ld(ht, mt, yt), forward=_text_forward, precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], test_auc=s.get('auc', float('nan')),
-                params_count=count_params(model, trainable_only=True))
+                params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c034
 def _normalise_answer(s:str) -> str:
@@ -349,99 +421,162 @@ def squad_scores(model, feats, df) -> dict:
     ems, f1s = zip(*(squad_em_f1(p, list(a['text'])) for p, a in zip(squad_predict(model, feats, df), df['answers'])))
     return dict(em=float(np.mean(ems)), f1=float(np.mean(f1s)))
 
-def squad_task(p:dict, seed:int, profile:str, schedule:str, frames=None) -> dict:
-    "Fine-tune an extractive QA model on SQuAD v2 under `schedule`; dev EM and F1 (`frames`: (train, val, test) for checks)."
-    from transformers import AutoModelForQuestionAnswering
-    if frames is None:
-        tr_all = take(load('squad_v2', 'train', profile), p['n_train'] + p['n_val'], 0)
-        frames = (tr_all.iloc[:p['n_train']], tr_all.iloc[p['n_train']:].reset_index(drop=True),
-                  take(load('squad_v2', 'validation', profile), p['n_test'], 0))
-    tok = bert_tokenizer(p['model'])
+def squad_frames(p:dict, profile:str) -> tuple:
+    "(train, validation, test) question frames: train and validation from the train split, test the dev split; in `dryrun` all three from the dev split, disjoint (the mirror has no train split)."
+    if p['train_split'] == 'validation':
+        d = take(load('squad_v2', 'validation', profile), p['n_train'] + p['n_val'] + p['n_test'], 0)
+        cut = np.cumsum([p['n_train'], p['n_val']])
+        return d.iloc[:cut[0]], d.iloc[cut[0]:cut[1]].reset_index(drop=True), d.iloc[cut[1]:].reset_index(drop=True)
+    tr_all = take(load('squad_v2', 'train', profile), p['n_train'] + p['n_val'], 0)
+    return (tr_all.iloc[:p['n_train']], tr_all.iloc[p['n_train']:].reset_index(drop=True),
+            take(load('squad_v2', 'validation', profile), p['n_test'], 0))
+
+def squad_task(p:dict, # the task's params (see `task_params`)
+               seed:int, profile:str,
+               schedule:str, # one of `SCHEDULES`
+               schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+               frames=None, # (train, val, test) question frames, for checks; default `squad_frames`
+              ) -> dict:
+    "Fine-tune an extractive QA model on SQuAD v2 under `schedule`; dev EM and F1."
+    p = run_settings(p, None, None, profile)
+    frames = frames if frames is not None else squad_frames(p, profile)
+    tok = bert_tokenizer(p['model'], profile)
     ftr, fva, fte = (squad_features(d, tok, p['max_len'], p['stride'], train=(i == 0)) for i, d in enumerate(frames))
     torch.manual_seed(seed)
-    model = AutoModelForQuestionAnswering.from_pretrained(pretrained_path(p['model'])[0]).to(current_device())
+    model, weights = from_config_or_pretrained(p['model'], profile, head='question_answering')
+    model = model.to(current_device())
     cols = ('input_ids', 'attention_mask', 'token_type_ids', 'start', 'end')
     def val_fn(m):
         s = squad_scores(m, fva, frames[1]); return dict(score=s['f1'], loss=-s['f1'])
     out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), schedule,
                        lr=p['lr'], steps=p['steps'], every=p['every'], eval_every=p['eval_every'], target=p['target'],
-                       evaluate_fn=val_fn, loss_fn=_qa_loss, precision=p.get('precision', 'fp32'))
+                       evaluate_fn=val_fn, loss_fn=_qa_loss, precision=p['precision'], schedule_kw=schedule_kw)
     s = squad_scores(model, fte, frames[2])
-    return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True))
+    return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p,
+                weights=weights)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c040
 def task_params(profile:str) -> dict:
     "Per-task sizes for a profile (all arms share them)."
     cifar = by_profile(profile,
         smoke=dict(width=8, n_train=256, n_val=128, n_test=256, batch_size=32, lr=2e-3, steps=24, every=4, eval_every=8, target=0.2,
-                   precision='bf16'),
+                   precision='auto'),
         quick=dict(width=16, n_train=2048, n_val=256, n_test=1000, batch_size=64, lr=2e-3, steps=96, every=10, eval_every=16,
-                   target=0.33, precision='bf16'),
+                   target=0.33, precision='auto'),
         full=dict(width=64, n_train=45000, n_val=5000, n_test=10000, batch_size=32, lr=1e-3, steps=50 * 1407, every=10,
-                  eval_every=1407, target=0.85, precision='fp32'))
+                  eval_every=1407, target=0.85, precision='auto'),
+        dryrun=dict(width=64, # full's model
+                    n_train=64, n_val=32, n_test=32, # a few batches
+                    batch_size=32, lr=1e-3, # full's
+                    steps=2, every=2, eval_every=2, # 2 steps: one rule decision, one validation pass
+                    target=0.85, precision='auto'))
     imdb = by_profile(profile,
         smoke=dict(model='minilm', n_frozen=5, cache_lower=True, max_len=32, n_train=128, n_val=64, n_test=128, batch_size=16, lr=2e-4, steps=16,
-                   every=4, eval_every=8, target=0.55, precision='bf16'),
+                   every=4, eval_every=8, target=0.55, precision='auto'),
         quick=dict(model='minilm', n_frozen=5, cache_lower=True, max_len=64, n_train=1024, n_val=256, n_test=500, batch_size=16, lr=2e-4, steps=96,
-                   every=10, eval_every=16, target=0.7, precision='bf16'),
+                   every=10, eval_every=16, target=0.7, precision='auto'),
         full=dict(model='bert-base', n_frozen=0, cache_lower=False, max_len=512, n_train=22500, n_val=2500, n_test=25000, batch_size=32, lr=2e-5,
-                  steps=50 * 704, every=10, eval_every=704, target=0.9, precision='fp32'))
+                  steps=50 * 704, every=10, eval_every=704, target=0.9, precision='auto'),
+        dryrun=dict(model='bert-base', n_frozen=0, cache_lower=False, max_len=512, # full's model and shapes
+                    n_train=64, n_val=32, n_test=32, batch_size=32, # two training batches, one validation, one test
+                    cpu_batch=1, # on the CPU: batch 1 (slices shrink with it), so BERT steps take seconds, not minutes
+                    lr=2e-5, steps=2, every=2, eval_every=2, target=0.9, precision='auto'))
     out = dict(cifar10=cifar, imdb=imdb)
-    if profile == 'full':
-        out['squad_v2'] = dict(model='bert-large', max_len=384, stride=128, n_train=125000, n_val=5000, n_test=None, batch_size=32,
-                               lr=3e-5, steps=2 * 4063, every=10, eval_every=1000, target=0.7, precision='fp32')
+    if profile in ('full', 'dryrun'):
+        out['squad_v2'] = by_profile(profile, smoke=None, quick=None,
+            full=dict(model='bert-large', max_len=384, stride=128, train_split='train', n_train=125000, n_val=5000, n_test=None,
+                      batch_size=32, lr=3e-5, steps=2 * 4063, every=10, eval_every=1000, target=0.7, precision='auto'),
+            dryrun=dict(model='bert-large', max_len=384, stride=128, # full's model and windows
+                        train_split='validation', # the mirror has only the dev split: train/val/test are disjoint slices of it
+                        n_train=64, n_val=32, n_test=32, batch_size=32, cpu_batch=1,
+                        lr=3e-5, steps=2, every=2, eval_every=2, target=0.7, precision='auto'))
     return out
 
 TASKS = dict(cifar10=cifar_task, imdb=imdb_task, squad_v2=squad_task)
 TASK_METRICS = dict(cifar10=('test_accuracy', 'test_f1'), imdb=('test_accuracy', 'test_f1', 'test_auc'), squad_v2=('test_em', 'test_f1'))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c042
-def fit(params:dict, seed:int, profile:str) -> dict:
+def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., tasks=task_params(profile))
+        seed:int, profile:str) -> dict:
     "One (schedule, seed) cell: every task trained under `params['schedule']`."
     out = {}
     for task, p in params['tasks'].items():
-        r = TASKS[task](p, seed, profile, params['schedule'])
-        keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr') + TASK_METRICS[task]
-        out.update({f'{task}_{k}': r[k] for k in keep})
+        r = TASKS[task](p, seed, profile, params['schedule'], params['schedule_kw'])
+        keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises')
+        out.update({f'{task}_{k}': r[k] for k in keep + TASK_METRICS[task]})
         out.update({f'{task}_{k}': r[k] for k in ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')})
         acts = Counter(d[-1] for d in r['decisions'])
         out[f'{task}_rule_actions'] = (f"cut {acts['down']}, hold {acts['hold']}, raise {acts['up']} of {len(r['decisions'])} windows"
                                        if r['decisions'] else 'no uncertainty rule in this arm')
-        out[f'{task}_note'] = f"{r['steps']} steps, {r['params_count']:,} trainable parameters"
+        u = r['used']
+        out[f'{task}_precision'] = u['precision']
+        out[f'{task}_note'] = (f"{r['steps']} steps of batch {u['batch_size']}, {u['n_train']} train / {u['n_val']} validation / "
+                               f"{u['n_test'] if u['n_test'] is not None else 'all'} test rows, {u['precision']}, "
+                               f"{r['params_count']:,} trainable parameters" + (f"; {r['weights']}" if 'weights' in r else ''))
     return out
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c043
+OVERHEAD_MAX = 0.02  # the issue's bound on the scheduler's own time, as a fraction of training time
+CHANCE = dict(cifar10=0.10, # 10 balanced classes
+              imdb=0.50, # 2 balanced classes
+              squad_v2=0.50) # exact match of always answering "no answer" on the SQuAD v2 dev set (5,945 of 11,873 unanswerable)
+LEARN_MARGIN = 0.05  # the fixed-LR baseline must beat chance by this much for a quality claim to be informative
+PRIMARY_TASK = 'cifar10'  # the plan's first task and model (ResNet-18); its three hypotheses are the primary claims
+
+def _quality(task:str) -> str: return f'{task}_test_accuracy' if task != 'squad_v2' else f'{task}_test_em'
+
 def _metrics(task:str) -> list:
     m = [Metric(f'{task}_steps_to_target', False, 'steps', doc='first validation pass at or above the target; a miss = budget + 1 (censored)'),
          Metric(f'{task}_reached', True, doc='1 if the target was reached within the budget'),
-         Metric(f'{task}_test_accuracy' if task != 'squad_v2' else f'{task}_test_em', True, doc='on the held-out test slice'),
+         Metric(_quality(task), True, doc='on the held-out test slice'),
          Metric(f'{task}_test_f1', True, doc='macro F1' if task != 'squad_v2' else 'SQuAD v2 token F1')]
     if task == 'imdb': m.append(Metric('imdb_test_auc', True, doc='ROC AUC'))
     return m + [Metric(f'{task}_train_time_s', False, 's', 'ratio', 'training loop wall time, validation passes excluded'),
-                Metric(f'{task}_sched_overhead_frac', False, doc="the schedule's own time / training time"),
-                Metric(f'{task}_final_lr', False, doc='LR at the end of training')]
+                Metric(f'{task}_sched_overhead_frac', False, doc="the schedule's own time / training time", timing=True),
+                Metric(f'{task}_final_lr', False, doc='LR at the end of training'),
+                Metric(f'{task}_rule_cuts', True, 'windows', doc='windows where the uncertainty rule cut the LR (0 in the other arms)'),
+                Metric(f'{task}_rule_raises', True, 'windows', doc='windows where the uncertainty rule raised the LR back (0 in the other arms)')]
+
+def _reached_gate(task:str) -> Gate:
+    "Gate: the fixed LR or the uncertainty arm reached the target in at least one seed (else every steps-to-target is censored)."
+    def check(table, records):
+        t = table[(table.metric == f'{task}_reached') & table.arm.isin(['fixed', 'uncertainty'])]
+        n = t.groupby('arm').value.sum().reindex(['fixed', 'uncertainty']).fillna(0)
+        return bool((n > 0).any()), f"seeds reaching the target: fixed {int(n['fixed'])}, uncertainty {int(n['uncertainty'])}"
+    return Gate('the fixed LR or the uncertainty schedule reached the target in at least one seed', check)
+
+def rule_gate(task:str) -> Gate:
+    "Gate: the uncertainty rule both cut and recovered (raised) the LR in every seed, and the fixed-LR baseline learned."
+    q, chance = _quality(task), CHANCE[task]
+    return gate_all(gate_every_seed(f'{task}_rule_cuts', 'uncertainty', '>', 0, 'the rule cut the LR at least once in every seed'),
+                    gate_every_seed(f'{task}_rule_raises', 'uncertainty', '>', 0, 'the rule recovered (raised) the LR at least once in every seed'),
+                    gate_mean(q, 'fixed', '>', chance + LEARN_MARGIN,
+                              f"the fixed-LR baseline's mean {q} beats chance ({chance:g}) by {LEARN_MARGIN:g}"))
 
 def _claims(task:str) -> list:
-    acc = f'{task}_test_accuracy' if task != 'squad_v2' else f'{task}_test_em'
-    what = 'accuracy' if task != 'squad_v2' else 'exact match'
-    return [Claim(f'{task}-overhead', f'{task}: the uncertainty scheduler costs under 2% of training time', f'{task}_sched_overhead_frac',
-                  'uncertainty', 0.02, '<', 'value', source='issue'),
+    acc, what = _quality(task), 'accuracy' if task != 'squad_v2' else 'exact match'
+    fam = 'primary' if task == PRIMARY_TASK else 'exploratory'
+    acted = rule_gate(task)
+    return [Claim(f'{task}-overhead', f'{task}: the uncertainty scheduler costs under {OVERHEAD_MAX:.0%} of training time',
+                  f'{task}_sched_overhead_frac', 'uncertainty', OVERHEAD_MAX, '<', 'value', source='study plan (minimal overhead)',
+                  family=fam),
             Claim(f'{task}-faster', f'{task}: the uncertainty schedule reaches the target in fewer steps than the fixed LR',
-                  f'{task}_steps_to_target', 'uncertainty', 0.0, '<'),
+                  f'{task}_steps_to_target', 'uncertainty', 0.0, '<', family=fam, gate=gate_all(acted, _reached_gate(task))),
             Claim(f'{task}-generalise', f'{task}: the uncertainty schedule gives higher test {what} than the fixed LR',
-                  acc, 'uncertainty', 0.0, '>'),
+                  acc, 'uncertainty', 0.0, '>', family=fam, gate=acted),
             Claim(f'{task}-vs-cosine', f'{task}: the uncertainty schedule gives higher test {what} than cosine with warmup',
-                  acc, 'uncertainty', 0.0, '>', vs='cosine', source='lwstudy (a practitioner\'s alternative)')]
+                  acc, 'uncertainty', 0.0, '>', vs='cosine', source='lwstudy (a practitioner\'s alternative)', gate=acted)]
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c045
 def spec(profile:str='quick') -> Spec:
     "The experiment: four LR schedules, paired by seed, on every task of the profile."
     tasks = task_params(profile)
-    arms = {s: dict(schedule=s, tasks=tasks) for s in SCHEDULES}
+    arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], tasks=tasks) for s in SCHEDULES}
+    u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
     metrics = [m for t in tasks for m in _metrics(t)]
     claims = [c for t in tasks for c in _claims(t)]
     datasets = [('cifar10', 'train', None), ('cifar10', 'test', None), ('imdb', 'train', None), ('imdb', 'test', None)]
-    if 'squad_v2' in tasks: datasets += [('squad_v2', 'train', None), ('squad_v2', 'validation', None)]
+    if 'squad_v2' in tasks: datasets += [('squad_v2', s, None) for s in sorted({tasks['squad_v2']['train_split'], 'validation'})]
     c, i = tasks['cifar10'], tasks['imdb']
     notes = [
         f"Optimiser Adam for every arm. Initial/peak LR: cifar10 {c['lr']}, imdb {i['lr']}"
@@ -452,28 +587,43 @@ def spec(profile:str='quick') -> Spec:
         f"imdb: {i['model']} (the plan: BERT-base), reviews truncated to {i['max_len']} tokens, the lower {i['n_frozen']} layers frozen "
         f"(their outputs computed once), the top layers and a linear head on mean-pooled tokens fine-tuned; {i['n_train']} train / "
         f"{i['n_val']} validation reviews (train split), {i['n_test']} test reviews, batch {i['batch_size']}, {i['steps']} steps.",
-        "squad_v2 with BERT-large runs in profile 'full' only: the mirror holds 1,124 dev questions and no train split." if profile != 'full'
-        else "squad_v2: BERT-large, windows of 384 tokens with stride 128; the train split comes from the Hub.",
+        {'full': "squad_v2: BERT-large, windows of 384 tokens with stride 128; the train split comes from the Hub.",
+         'dryrun': "dryrun: full's models, sequence lengths, precision policy and code path (squad_v2 with BERT-large included) on a "
+                   "few batches and 2 steps (one rule decision, one validation pass); BERT-base/large get random weights "
+                   "when the Hub is unreachable (minilm's tokenizer: the same vocabulary); squad_v2's train/validation/test are disjoint "
+                   f"slices of the dev split; on the CPU the BERT tasks use batch {i.get('cpu_batch')} instead of {i['batch_size']}. "
+                   "It checks that the full path runs, not its results."}.get(profile,
+            "squad_v2 with BERT-large runs in profile 'full' only: the mirror holds 1,124 dev questions and no train split."),
+        "Sizes the resolved data cannot serve (the embedded stand-ins: 1,437 digits images for cifar10's train split) are scaled "
+        "down proportionally at run time (data.scale_to_available); the data section lists each scaling, and each cell's note gives "
+        "the sizes, batch and precision it used.",
         f"Uncertainty schedule (the plan's rule made precise): every {c['every']} steps, the mean softmax entropy of the window's "
-        f"training batches as a fraction of log K, vs. a fixed threshold of {ENTROPY_THRESHOLD} (half the maximum entropy: closer to "
-        "a uniform guess than to certainty; fixed before any run of this arm, the same for every task, not tuned); above it: LR x 0.9; "
-        "below it by more than the window's 95% CI half-width: LR / 0.9 (recovery towards the initial LR); otherwise held; bounded "
-        "to [0.01, 1] x the initial LR. On a plateau with the entropy stuck above the threshold the LR decays geometrically "
-        "(0.9 per window) to the floor. Each cell's rule_actions line counts its cuts, holds and raises.",
+        f"training batches as a fraction of log K, vs. a fixed threshold of {u['threshold']} (half the maximum entropy: closer to "
+        f"a uniform guess than to certainty; fixed before any run of this arm, the same for every task, not tuned); above it: LR x {u['factor']}; "
+        f"below it by more than the window's 95% CI half-width: LR / {u['factor']} (recovery towards the initial LR); otherwise held; bounded "
+        f"to [{u['lr_min_frac']}, 1] x the initial LR. On a plateau with the entropy stuck above the threshold the LR decays geometrically "
+        f"({u['factor']} per window) to the floor. Each cell's rule_actions line counts its cuts, holds and raises (metrics rule_cuts, rule_raises).",
         "Finding (spec version 1): the uncertainty arm first used an adaptive threshold (an EMA, beta 0.8, of past windows' entropy: "
         "cut when the model becomes less confident than it recently was). In the quick run (5 seeds) it never fired: training "
         "entropy fell almost monotonically over the 96-step budgets, the LR never moved and the arm was bit-identical to the "
         "fixed LR (all quality differences exactly 0). It is kept in the code (mode='adaptive', documented and tested) but was "
         "replaced as the arm by the fixed-threshold rule above (version 2); version 1 results are not mixed in.",
-        f"In quick the entropy of the fixed-LR runs (version 1, fp32) stayed above {ENTROPY_THRESHOLD} of log K for the whole budget "
+        f"In quick the entropy of the fixed-LR runs (version 1, fp32) stayed above {u['threshold']} of log K for the whole budget "
         "in every seed (the pilot's traces, 2026-11-24), so the rule is expected to cut at every window, i.e. to act as a stepwise geometric "
-        f"decay to 0.9^{c['steps'] // c['every']} = {0.9 ** (c['steps'] // c['every']):.2f} x LR0; raises need a model below half the maximum "
-        "entropy, which these short runs may not reach.",
-        f"Precision: every arm trains and evaluates under bf16 autocast in smoke/quick ({c['precision']}; full: fp32), for time only: "
-        "in a pilot on the development machine (2026-11-24, not re-measured by this run) fp32 left no margin for the 10-minute quick "
-        "goal and bf16 cut a cell's CPU time by about a third. Slices, budgets and validation passes are unchanged; the targets (fp32 pilot) were not re-tuned.",
-        "Cosine: linear warmup over 10% of the steps then cosine decay to 0. Plateau: torch ReduceLROnPlateau on the validation "
-        "loss (factor 0.5, patience 1 validation pass, floor 0.01 x LR); it uses validation passes that every arm runs anyway "
+        f"decay to {u['factor']}^{c['steps'] // c['every']} = {u['factor'] ** (c['steps'] // c['every']):.2f} x LR0; raises need a model below "
+        "half the maximum entropy, which these short runs may not reach.",
+        "Gates (version 3): every quality claim (faster, generalise, vs-cosine) is informative only when, in its task, the rule cut "
+        "and recovered the LR at least once in every seed and the fixed-LR baseline's mean test score beats chance "
+        f"({', '.join(f'{t} {CHANCE[t]:g}' for t in tasks)}) by {LEARN_MARGIN:g}; 'faster' also needs the fixed LR or the rule to reach "
+        "the target in some seed. A rule that only cuts is a step decay, not the uncertainty signal at work: such claims are "
+        "'uninformative'. Primary claims: the plan's three hypotheses (converges faster, generalises better, minimal overhead) on "
+        f"{PRIMARY_TASK}; the rest are exploratory.",
+        "Precision policy 'auto' (train.resolve_precision, resolved in each cell for its device and recorded in its note): bf16 "
+        "autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; every arm the same. Until version 2 smoke/quick used bf16 "
+        "and full fp32 as fixed choices. The quick targets come from an fp32 pilot and were not re-tuned.",
+        f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: "
+        f"torch ReduceLROnPlateau on the validation loss (factor {pl['factor']}, patience {pl['patience']} validation pass, floor "
+        f"{pl['lr_min_frac']} x LR); it uses validation passes that every arm runs anyway "
         "for the steps-to-target metric; outside this study they would be its overhead.",
         f"Steps to target: validation accuracy (cifar10 >= {c['target']}, imdb >= {i['target']}) checked every {c['eval_every']} / "
         f"{i['eval_every']} steps; the targets were fixed from a pilot of the fixed-LR arm (seed 100; its mean validation score over the second half of "
@@ -487,10 +637,14 @@ def spec(profile:str='quick') -> Spec:
     return Spec('uncertainty_lr', 'Does a learning rate driven by predictive entropy converge faster or generalise better than '
                 'a fixed LR and standard schedules, at negligible overhead?', arms, 'fixed', metrics, claims, fit,
                 plan='004_1159396139044005.txt', datasets=datasets, notes=notes, sections=sections,
-                version=2)  # 2: the uncertainty arm is the fixed-threshold rule (1: adaptive, never fired in quick)
+                tradeoff=(f'{PRIMARY_TASK}_train_time_s', _quality(PRIMARY_TASK)),
+                version=3)  # 3: rule settings in params, sizes scaled to the data, precision 'auto', rule counts as metrics
+                            # 2: the uncertainty arm is the fixed-threshold rule (1: adaptive, never fired in quick)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c047
-def sections(records:list, table) -> list:
+def sections(records:list, # the technique's stored records
+             table, # its results table (unused: the sections draw on the records' series)
+            ) -> list:
     "Trace and validation-curve figures for the report."
     from matplotlib.figure import Figure
     from lwstudy.report import fig_to_img
@@ -523,9 +677,13 @@ def sections(records:list, table) -> list:
         ax.axhline(tgt, ls='--', color='grey', lw=1, label=f'target {tgt}')
         ax.set_title(f'{t}: validation score, every seed', fontsize=10); ax.set_xlabel('step'); ax.grid(alpha=0.3); ax.legend(fontsize=8)
     fig2.tight_layout()
-    rows = [(r['seed'], t, r['info'].get(f'{t}_rule_actions', ''), r['metrics'][f'{t}_final_lr'] / r['params']['tasks'][t]['lr'])
-            for r in sorted(records, key=lambda r: r['seed']) if r['arm'] == 'uncertainty' for t in tasks]
-    table = ('<table><tr><th>seed</th><th>task</th><th>uncertainty rule decisions</th><th>final LR / initial LR</th></tr>'
-             + ''.join(f'<tr><td>{s}</td><td>{t}</td><td>{a}</td><td>{f:.3f}</td></tr>' for s, t, a, f in rows) + '</table>')
+    import pandas as pd
+    from lwstudy.report import html_table
+    unc = sorted((r for r in records if r['arm'] == 'uncertainty'), key=lambda r: r['seed'])
+    rows = pd.DataFrame([dict(seed=r['seed'], task=t, **{'uncertainty rule decisions': r['info'].get(f'{t}_rule_actions', ''),
+                                                        'final LR / initial LR': f"{r['metrics'][f'{t}_final_lr'] / r['params']['tasks'][t]['lr']:.3f}"})
+                         for r in unc for t in tasks])
+    kw = unc[0]['params'].get('schedule_kw', SCHEDULE_KW['uncertainty']) if unc else SCHEDULE_KW['uncertainty']
+    f = html.escape(str(kw.get('factor', '?')))
     return [('LR and entropy traces', fig_to_img(fig)), ('Validation curves', fig_to_img(fig2)),
-            ('Uncertainty rule decisions (per window: cut = LR x 0.9, raise = LR / 0.9, hold)', table)]
+            (f'Uncertainty rule decisions (per window: cut = LR x {f}, raise = LR / {f}, hold)', html_table(rows))]
