@@ -18,7 +18,7 @@ __all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values',
            'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'fig_to_img',
            'paired_plot', 'forest_plot', 'tradeoff_plot', 'esc', 'fmt', 'fmt_p', 'html_table', 'claims_html',
            'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html', 'resolve_out_dir',
-           'write_report']
+           'page_claims', 'write_report']
 
 # %% ../nbs/07_report.ipynb #c005
 FAMILIES = ('primary', 'exploratory', 'calibration')
@@ -413,18 +413,25 @@ def resolve_out_dir(out_dir) -> Path:
     p = Path(out_dir)
     return p if p.is_absolute() else project_root()/p
 
+def page_claims(spec:Spec, profile:str, store:Store, table:pd.DataFrame,
+                family:pd.DataFrame|None=None, # the study's primary family; default: from the store, every stored seed (as the study uses)
+               ) -> tuple[list[dict], pd.DataFrame|None, pd.DataFrame]:
+    "The records behind `table`, the primary family and the claim table exactly as the technique's page shows them."
+    records = spec_records(spec, profile, store, table)
+    if family is None and any(claim_family(c) == 'primary' for c in spec.claims): family = primary_family(profile, store)
+    return records, family, claim_table(spec, table, records, family)
+
 def write_report(spec:Spec, profile:str, out_dir='reports', store:Store|None=None, seeds=None,
-                 family:pd.DataFrame|None=None, # the study's primary family; default: `primary_family(profile, store, seeds)` when `spec` has primary claims
+                 family:pd.DataFrame|None=None, # the study's primary family; default: see `page_claims`
                 ) -> Path:
     "Render `spec`'s stored results into `out_dir`; returns the HTML path."
     store = store or Store()
     table = results_table(spec, profile, store, seeds)
     if not len(table): raise FileNotFoundError(f'no stored results for {spec.name!r} in profile {profile!r} under {store.root}; run it first')
-    records = spec_records(spec, profile, store, table)
-    if family is None and any(claim_family(c) == 'primary' for c in spec.claims): family = primary_family(profile, store, seeds)
+    records, family, claims = page_claims(spec, profile, store, table, family)
     extra = spec.sections(records, table) if getattr(spec, 'sections', None) else None
     out = resolve_out_dir(out_dir)
     atomic_write(out/f'{spec.name}_results.csv', table.to_csv(index=False))
     atomic_write(out/f'{spec.name}_metrics.csv', metric_table(spec, table).to_csv(index=False))
-    atomic_write(out/f'{spec.name}_claims.csv', claim_table(spec, table, records, family).to_csv(index=False))
+    atomic_write(out/f'{spec.name}_claims.csv', claims.to_csv(index=False))
     return atomic_write(out/f'{spec.name}.html', render_html(spec, table, records, profile, extra, family))

@@ -12,7 +12,7 @@ import pandas as pd
 from . import data, stats
 from .core import BadInput, PROFILES, atomic_write, check_choice, check_writable, git_commit, resolve_device
 from .report import CSS, claim_table, esc, fig_to_img, fmt, fmt_p, forest_plot, html_table, metric_table, \
-    primary_family, provenance_html, resolve_out_dir, spec_records, tradeoff_plot, write_report
+    page_claims, primary_family, provenance_html, resolve_out_dir, spec_records, tradeoff_plot, write_report
 from .runner import Spec, Store, available_techniques, cells, get_spec, results_table, run, seed_list
 
 # %% auto #0
@@ -58,9 +58,9 @@ def check_inputs(technique:str|Spec, # a technique name (`lwstudy list`), or a `
     check_seeds(seeds)
     spec = technique if isinstance(technique, Spec) else get_spec(technique, profile)
     seed_list(resolve_seeds(spec, seeds)); resolve_device(device); check_scheduler(scheduler)
+    for name, split, config in spec.datasets: data.resolve(name, split, profile, config)
     if out_dir is not None: check_writable(resolve_out_dir(out_dir), 'out_dir')
     if store is not None: store.check_writable()
-    for name, split, config in spec.datasets: data.resolve(name, split, profile, config)
     return spec
 
 def check_parameter_names(given, allowed=EXPERIMENT_PARAMETERS) -> None:
@@ -220,7 +220,7 @@ def experiment(technique:str|Spec, # a technique name (`lwstudy list`), or a `Sp
     if note := stored_seeds_note(spec, table, seeds): prog.say(f'warning: {note}')
     page = write_report(spec, profile, out_dir, store, seeds)
     if not isinstance(progress, Progress): prog.finish(spec.name)
-    return Experiment(spec, table, metric_table(spec, table), claim_table(spec, table), page, len(done),
+    return Experiment(spec, table, metric_table(spec, table), page_claims(spec, profile, store, table)[2], page, len(done),
                       time.perf_counter() - t0, len(cells(spec, seeds, profile)) - len(done), seed_list(seeds))
 
 # %% ../nbs/09a_study.ipynb #c005
