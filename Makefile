@@ -60,3 +60,9 @@ bench-study: install  ## the whole study from scratch in a temporary home, per t
 .PHONY: bench-throughput
 bench-throughput: install  ## training step throughput against this host's roofs, and lwstudy.train vs transformers.Trainer (issue 15)
 	$(ACT) python bench/throughput.py $(if $(QUICK),--quick)
+
+.PHONY: gpu-check
+gpu-check: install  ## every technique's dryrun (full's models and code path, 2 steps) on CUDA; results and reports under results/gpu-check/
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check needs a CUDA GPU (nvidia-smi found none); the tests never need one"; exit 2; }
+	$(ACT) LWSTUDY_RESULTS=results/gpu-check/store timeout 480 lwstudy study --profile dryrun --seeds 2 --device cuda \
+	  --out-dir results/gpu-check/reports

@@ -193,18 +193,21 @@ def gate_all(*gates:Gate) -> Gate:
     return Gate(' and '.join(g.text for g in gates), check)
 
 def gate_unloaded() -> Gate:
-    "Gate: every cell ran on an unloaded host (1-minute load average at start and end <= the host's CPU count)."
+    "Gate: no other work shared the host: each cell's 1-minute load average at start and end, less its own threads, <= half its CPUs."
     def check(table, records):
         if not records: return False, 'no records'
-        loads = [(r['provenance'].get('load_avg_start'), r['provenance'].get('load_avg_end'), r['provenance'].get('cpus'))
-                 for r in records]
-        known = [(max(s, e), c) for s, e, c in loads if None not in (s, e, c)]
-        over = sum(l > c for l, c in known)
-        detail = f'{over} of {len(records)} cells ran above their CPU count'
-        if known: detail += f'; max 1-minute load {max(l for l, _ in known):.2f} (CPUs {", ".join(map(str, sorted({c for _, c in known})))})'
+        pv = [r['provenance'] for r in records]
+        loads = [(p.get('load_avg_start'), p.get('load_avg_end'), p.get('cpus'), p.get('torch_threads') or 0) for p in pv]
+        known = [(max(s, e), c, min(th, c)) for s, e, c, th in loads if None not in (s, e, c)]
+        over = sum(l - own > c / 2 for l, c, own in known)  # the cell's own threads count in the load average
+        detail = f'{over} of {len(records)} cells saw other load above half their CPUs'
+        if known: detail += (f'; max 1-minute load {max(l for l, _, _ in known):.2f} (CPUs {", ".join(map(str, sorted({c for _, c, _ in known})))}'
+                             f', own threads {", ".join(map(str, sorted({o for _, _, o in known})))})')
         if len(known) < len(records): detail += f'; {len(records) - len(known)} cells recorded no load average (stored before it was recorded)'
         return over == 0 and len(known) == len(records), detail
-    return Gate('the cells ran on an unloaded host (1-minute load average <= CPU count at each cell\'s start and end)', check)
+    return Gate("an unloaded host, no other work beside each cell (its 1-minute load average at start and end, less the cell's own "
+                "threads, at most half the CPU count)", check)
+
 
 # %% ../nbs/06_runner.ipynb #c007
 TECHNIQUE_PACKAGE = 'lwstudy.techniques'
