@@ -16,7 +16,7 @@ def main():
     a = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix='lwstudy-bench-'))
     os.environ['LWSTUDY_HOME'] = str(home); os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ['TQDM_DISABLE'] = '1'
-    from lwstudy.cli import experiment
+    from lwstudy.study import experiment
     from lwstudy.report import write_report
     from lwstudy.runner import Store, get_spec
     template = Path(__file__).resolve().parents[1]/'nbs'/'run_experiment.ipynb'

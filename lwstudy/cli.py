@@ -114,13 +114,3 @@ def main(argv=None) -> int:
         from lwstudy.core import BadInput
         if not isinstance(e, (BadInput, FileNotFoundError)): raise
         print(f'lwstudy: error: {e}', file=sys.stderr); return 2
-
-# %% ../nbs/09_cli.ipynb #c010a
-_MOVED = ('EXPERIMENT_PARAMETERS', 'Experiment', 'check_inputs', 'check_parameter_names', 'check_scheduler', 'experiment')
-
-def __getattr__(name):
-    "Names that moved to `lwstudy.study`, still importable from here for existing callers (loaded on first use)."
-    if name in _MOVED:
-        import lwstudy.study
-        return getattr(lwstudy.study, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
