@@ -17,7 +17,7 @@ from .measure import sync
 # %% auto #0
 __all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
            'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer', 'train',
-           'predict', 'classification_scores', 'evaluate']
+           'WarmupLinear', 'predict', 'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -197,6 +197,19 @@ def _bar(progress, total):
     if not progress: return None
     from tqdm.auto import tqdm
     return tqdm(total=total, desc='train', leave=False)
+
+# %% ../nbs/03_train.ipynb #c008t
+class WarmupLinear(Callback):
+    "Linear warm-up to `peak_lr` over `warmup` steps, then linear decay to 0 at `total` steps."
+    def __init__(self, peak_lr:float, # the learning rate at the end of the warm-up
+                 warmup:int, # warm-up steps (0: decay from the first step)
+                 total:int, # the step at which the rate reaches 0
+                ): self.peak_lr, self.warmup, self.total = peak_lr, warmup, total
+    def lr_at(self, step:int) -> float:
+        if step < self.warmup: return self.peak_lr * (step + 1) / self.warmup
+        return self.peak_lr * max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+    def before_fit(self, state): state.set_lr(self.lr_at(0))
+    def after_step(self, state): state.set_lr(self.lr_at(state.step))
 
 # %% ../nbs/03_train.ipynb #c010
 @torch.no_grad()

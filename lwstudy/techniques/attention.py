@@ -18,7 +18,7 @@ from ..core import by_profile, current_device, make_generator
 from ..measure import count_flops, peak_memory_mb, require_memory, time_it
 from ..models import bert_tokenizer, count_params, distilbert_mlm
 from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate_mean
-from ..train import Callback, make_loader, train
+from ..train import WarmupLinear, autocast, make_loader, resolve_precision, train
 
 def _esc(x) -> str: return html.escape(str(x))  # every string from a record or a cache, in report HTML
 
@@ -27,10 +27,9 @@ __all__ = ['B_MIN', 'ATTENTIONS', 'EVAL_MASK_SEED', 'MASK_RATE', 'UNIGRAM_ALPHAS
            'METRICS', 'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
            'blockpool_attention', 'linear_attention', 'softmax_attention', 'key_padding_mask', 'hf_blockpool',
            'hf_linear', 'register', 'build_mlm', 'lm_texts', 'record_qkv', 'approximation_errors', 'train_splits',
-           'token_windows', 'mask_tokens', 'mlm_head', 'mlm_loss', 'mlm_scores', 'unigram_ppl', 'WarmupLinear',
-           'train_step_fn', 'forward_fn', 'eager_scores_bytes', 'eager_long_peak_mb', 'cost_metrics', 'task_params',
-           'fit', 'spec', 'sweep_path', 'approx_path', 'approx_record', 'crossover', 'sweep_figure', 'sweep_table',
-           'sections']
+           'token_windows', 'mask_tokens', 'mlm_head', 'mlm_loss', 'mlm_scores', 'unigram_ppl', 'train_step_fn',
+           'forward_fn', 'eager_scores_bytes', 'eager_long_peak_mb', 'cost_metrics', 'task_params', 'fit', 'spec',
+           'sweep_path', 'approx_path', 'approx_record', 'crossover', 'sweep_figure', 'sweep_table', 'sections']
 
 # %% ../../nbs/10_attention.ipynb #c005
 B_MIN = 32  # smallest block
@@ -242,13 +241,16 @@ def mlm_loss(model, batch):
     return F.cross_entropy(logits, labels[sel]), logits
 
 @torch.no_grad()
-def mlm_scores(model, inputs:torch.Tensor, labels:torch.Tensor, batch_size:int=64) -> dict:
+def mlm_scores(model, inputs:torch.Tensor, labels:torch.Tensor, batch_size:int=64,
+               precision:str='fp32', # the forward's precision (see `train.resolve_precision`); the cross-entropy is in fp32
+              ) -> dict:
     "Masked-token perplexity, accuracy, and how many distinct tokens the top-1 predictions use (1: a unigram model)."
     model.eval()
     total, correct, n, preds = 0.0, 0, 0, []
     for i in range(0, len(inputs), batch_size):
         x, y = inputs[i:i + batch_size].to(current_device()), labels[i:i + batch_size].to(current_device())
-        _, logits = mlm_loss(model, (x, y))
+        with autocast(precision, current_device()): _, logits = mlm_loss(model, (x, y))
+        logits = logits.float()
         t = y[y != -100]
         pred = logits.argmax(-1); preds.append(pred)
         total += F.cross_entropy(logits, t, reduction='sum').item(); correct += (pred == t).sum().item(); n += len(t)
@@ -276,16 +278,6 @@ def unigram_ppl(train_ids:torch.Tensor, # training windows (N, T) of token ids
     val = {a: _masked_ppl(_unigram_logp(counts, a), val_labels) for a in alphas}
     best = min(val, key=val.get)
     return dict(alpha=best, val_ppl=val[best], test_ppl=_masked_ppl(_unigram_logp(counts, best), test_labels))
-
-# %% ../../nbs/10_attention.ipynb #c032
-class WarmupLinear(Callback):
-    "Linear warm-up to `peak_lr` over `warmup` steps, then linear decay to 0 at `total` steps."
-    def __init__(self, peak_lr:float, warmup:int, total:int): self.peak_lr, self.warmup, self.total = peak_lr, warmup, total
-    def lr_at(self, step:int) -> float:
-        if step < self.warmup: return self.peak_lr * (step + 1) / self.warmup
-        return self.peak_lr * max(0.0, (self.total - step) / max(1, self.total - self.warmup))
-    def before_fit(self, state): state.set_lr(self.lr_at(0))
-    def after_step(self, state): state.set_lr(self.lr_at(state.step))
 
 # %% ../../nbs/10_attention.ipynb #c035
 def _long_batch(vocab:int, T:int, batch:int, seed:int=0):
@@ -357,12 +349,14 @@ def cost_metrics(model, cfg:dict, eval_batch, long_len:int, long_batch:int, repe
 def task_params(profile:str) -> dict:
     "Sizes for a profile (identical across arms); `dryrun` is `full`'s model, lengths and code path on a few batches."
     full = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, seq_len=512, batch_size=32, max_steps=20000, n_train=None,
-                n_eval=None, lr=1e-4, warmup=500, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=5, max_len=4096)
+                n_eval=None, lr=1e-4, warmup=500, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=5, max_len=4096,
+                precision='auto')  # train and score in bf16 where the host has it natively (and on CUDA), else fp32
     return by_profile(profile,
         smoke=dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, seq_len=64, batch_size=8, max_steps=6, n_train=48,
-                   n_eval=16, lr=1e-3, warmup=2, attn_dropout=0.0, long_len=256, long_batch=2, repeats=1, max_len=256),
+                   n_eval=16, lr=1e-3, warmup=2, attn_dropout=0.0, long_len=256, long_batch=2, repeats=1, max_len=256, precision='auto'),
         quick=dict(dim=128, n_layers=2, n_heads=2, hidden_dim=512, seq_len=128, batch_size=32, max_steps=80, n_train=2560,
-                   n_eval=128, lr=1e-3, warmup=8, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=1, max_len=4096),
+                   n_eval=128, lr=1e-3, warmup=8, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=1, max_len=4096,
+                   precision='auto'),
         full=full,
         # dryrun: full's model (distilbert-base shape, 4096 positions) and seq_len; 2 steps of batch 4 (full: 32, ~1 min a
         # step on 2 CPU cores), 8 evaluation windows, one timed repeat; the cost step on one sequence of 1024 tokens (full:
@@ -384,7 +378,7 @@ def fit(params:dict, # an arm of `spec`: task_params plus `attn`
         profile:str, # where the data come from (see `train_splits`)
        ) -> dict:
     "Train the masked LM with `params['attn']`, score it on PTB validation/test against a unigram model; plus its costs."
-    p = params
+    p = dict(params, precision=resolve_precision(params['precision'], current_device()))  # from the run's device
     ids = token_windows(train_splits(profile), profile, p['seq_len'], p['n_train'])
     ids = ids[torch.randperm(len(ids), generator=make_generator(seed, 3))]  # which windows (if capped) and their order: seed only
     x, y = mask_tokens(ids, make_generator(seed, 2))
@@ -394,11 +388,11 @@ def fit(params:dict, # an arm of `spec`: task_params plus `attn`
     opt = torch.optim.AdamW(model.parameters(), lr=p['lr'], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     epochs = math.ceil(p['max_steps'] / math.ceil(len(x) / p['batch_size']))
     state = train(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), opt, epochs=epochs, max_steps=p['max_steps'],
-                  loss_fn=mlm_loss, callbacks=[WarmupLinear(p['lr'], p['warmup'], p['max_steps'])])
+                  loss_fn=mlm_loss, callbacks=[WarmupLinear(p['lr'], p['warmup'], p['max_steps'])], precision=p['precision'])
     out = dict(train_time_s=state.train_s, final_train_loss=float(np.mean([h[2] for h in state.history[-10:]])))
     evals = _eval_sets(profile, p['seq_len'], p['n_eval'])
     for tag, (ex, ey) in evals.items():
-        sc = mlm_scores(model, ex, ey)
+        sc = mlm_scores(model, ex, ey, precision=p['precision'])
         out[f'ptb_{tag}_ppl'], out[f'ptb_{tag}_acc'], out[f'ptb_{tag}_distinct_preds'] = sc['ppl'], sc['acc'], sc['distinct_preds']
         out[f'ptb_{tag}_masked_tokens'] = f"{sc['n_tokens']} masked tokens in {len(ex)} windows"
     uni = unigram_ppl(ids, evals['val'][1], evals['test'][1], model.config.vocab_size)
@@ -409,7 +403,7 @@ def fit(params:dict, # an arm of `spec`: task_params plus `attn`
                             p['attn_dropout']))
     out.update(params_count=count_params(model), n_train_windows=len(x), epochs_run=state.epoch + 1,
                train_data=', '.join(f'{n}/{c}/{s}' for n, s, c in train_splits(profile)),
-               loss_curve=[h[2] for h in state.history])
+               loss_curve=[h[2] for h in state.history], precision_used=p['precision'])
     return out
 
 # %% ../../nbs/10_attention.ipynb #c044
@@ -473,6 +467,9 @@ def spec(profile:str='quick') -> Spec:
         f"(plan: 3e-5 for fine-tuning; rescaled for training from scratch), warm-up {base['warmup']} steps then linear decay, "
         "betas 0.9/0.999, eps 1e-8, weight decay 0.01; initialisation seeded before building (identical for every arm), data "
         "order and training masks from the seed only.",
+        f"Precision: training and the PTB scores run in the policy {base['precision']!r} resolved for the run's device "
+        "(`train.resolve_precision`: bf16 autocast on CPUs with native bf16 and on CUDA, else fp32; each cell records "
+        "precision_used), the same for every arm; the cost measurements (long_*, infer_*, FLOPs) run in fp32, as before.",
         "Training text (smoke/quick): WikiText-2 train from the Hub when reachable, else the mirror's wikitext-2-v1 validation + "
         "wikitext-2-raw-v1 test splits (the mirror has no train split; '<unk>' written as [UNK]); full: WikiText-103 train. "
         "The data section lists what served this run.",

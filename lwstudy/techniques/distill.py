@@ -16,7 +16,7 @@ from ..data import image_tensors, load, sources_used, take
 from ..measure import peak_memory_mb, require_memory, sync, time_it
 from ..models import ResNet, bert_tokenizer, count_params, from_config_or_pretrained, load_pretrained, masked_mean_pool, resnet18, resnet50
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info
-from ..train import classification_scores, predict, resolve_precision, to_device, train
+from ..train import WarmupLinear, classification_scores, predict, resolve_precision, to_device, train
 
 # %% auto #0
 __all__ = ['LAYER_SCHEMES', 'SHARD_BYTES', 'VISION_SHARED', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
@@ -258,13 +258,6 @@ def load_cache(path:Path):
     "Read a cache file written by `save_cache`: tensors and plain types only (`weights_only=True`, no unpickling of code)."
     return torch.load(path, map_location='cpu', weights_only=True)
 
-def _lr_decay(total:int):
-    from lwstudy.train import Callback
-    class LinearDecay(Callback):
-        def before_fit(self, s): self.lr0 = s.lr
-        def after_step(self, s): s.set_lr(self.lr0 * max(0.0, 1 - s.step / total))
-    return LinearDecay()
-
 def _batch_loss(data, augment=None):
     "Cross-entropy on index batches of `data` (`Tokens` or `Images`), optionally through `augment(*inputs)`."
     def loss_fn(model, batch):
@@ -312,7 +305,7 @@ def train_teacher(model:nn.Module, train_data, eval_data, params:dict, device:st
     opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
     loader = train_data.train_batches(len(train_data), params['batch_size'], seed=0, steps=params['teacher_steps'])
     state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=_batch_loss(train_data, augment),
-                  callbacks=[_lr_decay(params['teacher_steps'])], device=device)
+                  callbacks=[WarmupLinear(params['teacher_lr'], 0, params['teacher_steps'])], device=device)
     scores = evaluate_model(model, eval_data, device=device)
     return dict(train_s=state.train_s, steps=state.step, val_accuracy=scores['accuracy'])
 
@@ -571,7 +564,7 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, data
     loss_fn = distill_loss_fn(student, proj, data, cached, pairs, params)
     loader = data.train_batches(params['n_train'], params['batch_size'], seed, steps=params['steps'])
     state = train(student, loader, opt, max_steps=params['steps'], loss_fn=loss_fn,
-                  callbacks=[_lr_decay(params['steps'])], precision=params['precision'], device=device)
+                  callbacks=[WarmupLinear(params['lr'], 0, params['steps'])], precision=params['precision'], device=device)
     return state, loss_fn.parts
 
 # %% ../../nbs/40_distill.ipynb #c048
