@@ -13,8 +13,8 @@ import torch
 # %% auto #0
 __all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice', 'by_profile',
            'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device', 'param_hash',
-           'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable', 'git_commit',
-           'package_versions', 'native_bf16', 'device_name', 'environment']
+           'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable', 'cache_path',
+           'disk_cached', 'git_commit', 'package_versions', 'native_bf16', 'device_name', 'environment']
 
 # %% ../nbs/00_core.ipynb #c005
 class BadInput(ValueError):
@@ -160,6 +160,31 @@ def check_writable(folder, # the folder a run will write to
     try: probe.write_bytes(b''); probe.unlink()
     except OSError as e: raise BadInput(f"{what} {str(p)!r} is not writable ({e.strerror or e}); {allowed}") from None
     return p
+
+# %% ../nbs/00_core.ipynb #c021e
+def cache_path(namespace:str, # a folder under `cache_dir()`, e.g. the technique's name
+               key:dict, # everything the cached value depends on
+               tag:str='', # a readable prefix of the file name
+              ) -> Path:
+    "The file `disk_cached` keeps `key`'s value in."
+    return cache_dir()/namespace/f"{tag + '_' if tag else ''}{param_hash(key)}.pt"
+
+def disk_cached(namespace:str, # a folder under `cache_dir()`, e.g. the technique's name
+                key:dict, # everything the value depends on (hashed with `param_hash`)
+                compute, # () -> the value: tensors, numbers, strings, and lists/dicts/tuples of them
+                tag:str='', # a readable prefix of the file name
+               ):
+    "`compute()` once per `key` on disk (torch-saved atomically, read back with `weights_only=True`)."
+    import io
+    f = cache_path(namespace, key, tag)
+    if f.exists():
+        try: return torch.load(f, weights_only=True)
+        except Exception as e:
+            print(f'lwstudy: unreadable cache {f} ({type(e).__name__}: {e}); moved to {move_aside(f).name}, recomputing',
+                  file=sys.stderr)
+    out = compute()
+    buf = io.BytesIO(); torch.save(out, buf); atomic_write(f, buf.getvalue())
+    return out
 
 # %% ../nbs/00_core.ipynb #c023
 PACKAGES = ('lwstudy', 'torch', 'transformers', 'datasets', 'numpy', 'scipy', 'pandas', 'scikit-learn', 'optuna')

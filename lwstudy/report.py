@@ -16,9 +16,9 @@ from .runner import CALIBRATION, Spec, Store, available_techniques, get_spec, pa
 # %% auto #0
 __all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values', 'is_timing', 'claim_gates', 'check_gates',
            'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'fig_to_img',
-           'paired_plot', 'forest_plot', 'tradeoff_plot', 'esc', 'fmt', 'fmt_p', 'html_table', 'claims_html',
-           'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html', 'resolve_out_dir',
-           'page_claims', 'write_report']
+           'paired_plot', 'forest_plot', 'tradeoff_plot', 'seed_curves', 'esc', 'fmt', 'fmt_p', 'html_table',
+           'claims_html', 'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html',
+           'resolve_out_dir', 'page_claims', 'write_report']
 
 # %% ../nbs/07_report.ipynb #c005
 FAMILIES = ('primary', 'exploratory', 'calibration')
@@ -263,6 +263,31 @@ def tradeoff_plot(spec:Spec, metric_table:pd.DataFrame) -> Figure|None:
     ax.set_title(f'{spec.name}: cost against quality, per arm (95% CIs)', fontsize=10); ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/07_report.ipynb #c007b
+def seed_curves(records:list[dict], # the runner's records (`Store.records`)
+                key:str, # the series: `r['series'][key]`, one list per cell
+                ax=None, # draw into this matplotlib Axes (a new Figure when None)
+                ylabel:str|None=None, xlabel:str='step',
+                x_key:str|None=None, # another series giving the x values (default 1, 2, ...)
+                arms=None, # which arms, in order (default: as found in the records)
+               ):
+    "Mean over seeds of series `key` per arm with a min-max band; returns the Axes."
+    if ax is None: ax = Figure(figsize=(6, 3.6)).add_subplot(1, 1, 1)
+    by = {}
+    for r in records:
+        if r['series'].get(key): by.setdefault(r['arm'], []).append(r)
+    for arm in arms or by:
+        rs = by.get(arm, [])
+        if not rs: continue
+        n = min(len(r['series'][key]) for r in rs)
+        c = np.array([r['series'][key][:n] for r in rs], dtype=float)
+        x = np.asarray(rs[0]['series'][x_key][:n], dtype=float) if x_key else np.arange(1, n + 1)
+        line, = ax.plot(x, c.mean(0), label=f'{arm} (mean of {len(c)} seeds)')
+        if len(c) > 1: ax.fill_between(x, c.min(0), c.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel or key); ax.grid(alpha=0.3)
+    if ax.lines: ax.legend(fontsize=8)
+    return ax
 
 # %% ../nbs/07_report.ipynb #c009
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
