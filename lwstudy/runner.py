@@ -18,7 +18,7 @@ from . import data
 __all__ = ['FAMILIES', 'CALIBRATION', 'OPS', 'MAX_PRIMARY', 'TIMING_UNITS', 'GATE_OPS', 'TECHNIQUE_PACKAGE', 'TECHNIQUES',
            'LOCK_STALE_S', 'LOCK_BEAT_S', 'RECORD_KEYS', 'SOURCE_KEYS', 'PROVENANCE_KEYS', 'POLL_S', 'Metric', 'Gate',
            'Claim', 'Spec', 'is_spec', 'gate_mean', 'gate_every_seed', 'gate_info', 'gate_all', 'gate_unloaded',
-           'available_techniques', 'get_spec', 'Cell', 'seed_list', 'cells', 'record_problems', 'Store',
+           'part_params', 'available_techniques', 'get_spec', 'Cell', 'seed_list', 'cells', 'record_problems', 'Store',
            'split_outputs', 'load_avg', 'run_cell', 'run', 'results_table', 'paired', 'toy_spec']
 
 # %% ../nbs/06_runner.ipynb #c005
@@ -208,6 +208,15 @@ def gate_unloaded() -> Gate:
     return Gate("an unloaded host, no other work beside each cell (its 1-minute load average at start and end, less the cell's own "
                 "threads, at most half the CPU count)", check)
 
+
+# %% ../nbs/06_runner.ipynb #c005e
+def part_params(params:dict, # an arm's params: shared keys plus `parts`
+                part:str, # one of `params['parts']`
+               ) -> dict:
+    "The params sub-experiment `part` runs with: the arm's shared keys, then the part's own (which win)."
+    parts = params.get('parts') or {}
+    check_choice('sub-experiment', part, list(parts))
+    return {**{k: v for k, v in params.items() if k != 'parts'}, **parts[part]}
 
 # %% ../nbs/06_runner.ipynb #c007
 TECHNIQUE_PACKAGE = 'lwstudy.techniques'
