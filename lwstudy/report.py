@@ -32,7 +32,7 @@ def metric_table(spec:Spec, table:pd.DataFrame) -> pd.DataFrame:
             b, t, seeds = paired(table, m.name, arm, spec.baseline)
             if len(seeds) < 2: continue
             rows.append(dict(metric=m.name, unit=m.unit, higher_is_better=m.higher_is_better, arm=arm, vs=spec.baseline,
-                             **stats.compare(b, t, m.higher_is_better, m.scale, exact=m.exact)))
+                             **stats.compare(b, t, m.higher_is_better, m.scale)))
     out = pd.DataFrame(rows)
     if len(out): out['p_holm'] = stats.holm(out.p_t)
     return out
@@ -112,16 +112,16 @@ def _finish(spec:Spec, rows:list[dict], family:pd.DataFrame|None, alpha:float) -
         r['mde_scale'] = r['test_scale']
         p_dec = r['p_holm'] if r['family'] == 'primary' else r['p']
         r['verdict'] = stats.verdict(p_dec, r['holds'], alpha, r['gate_passed'])
-        r['note'] = _note(r, alpha)
+        r['note'] = _note(r, alpha, exact)
     return pd.DataFrame(rows)
 
-def _note(r:dict, alpha:float) -> str:
-    "What a reader must know about a row: the sign-flip floor when it decided, an exploratory label."
+def _note(r:dict, alpha:float, exact:bool=False) -> str:
+    "What a reader must know about a row: when the sign-flip test cannot confirm it at this n, an exploratory label."
     notes = []
     floor = 2 / 2 ** r['n'] if r['n'] else np.nan
-    if r['n'] and not np.isnan(r['p_t']) and r['p_t'] < r['alpha_used'] <= floor:
-        notes.append(f"with {r['n']} seeds no distribution-free test goes below p = {floor:.3g}: the t-test alone would be "
-                     f"significant here, the sign-flip test cannot be")
+    if r['n'] and not exact and not np.isnan(r['p_t']) and r['p_t'] < r['alpha_used'] <= floor:
+        notes.append(f"significant by the t-test; with {r['n']} seeds no distribution-free test goes below p = {floor:.3g}, so "
+                     f"the sign-flip test cannot confirm it (it assumes only symmetric differences; the t-test, normal ones)")
     if r['family'] == 'exploratory': notes.append('exploratory: raw p, not corrected for multiplicity')
     if r['family'] == 'calibration': notes.append('calibration: checks the harness, outside the study family')
     return '; '.join(notes)
@@ -339,7 +339,7 @@ def claims_html(ct:pd.DataFrame) -> str:
         'estimate [CI at level used]': [f'{_ci(e, l, h)} ({fmt(100 * c, 3)}%)' if np.isfinite(e) else ''
                                         for e, l, h, c in zip(ct.estimate, ct.lo_adj, ct.hi_adj, ct.ci_level)],
         '[95% CI]': [_ci(e, l, h) for e, l, h in zip(ct.estimate, ct.lo, ct.hi)],
-        'seeds': ct.n, 'p': ct.p.map(fmt_p), 'p (t)': ct.p_t.map(fmt_p), 'p (sign-flip)': ct.p_signflip.map(fmt_p),
+        'seeds': ct.n, 'p (t-test)': ct.p.map(fmt_p), 'p (sign-flip)': ct.p_signflip.map(fmt_p),
         'p (Holm, study primary)': [f'{fmt_p(p)} (m={int(m)})' if np.isfinite(p) else '' for p, m in zip(ct.p_holm, ct.family_size.fillna(0))],
         'gate': gate, 'MDE (80% power, family level)': mde,
         'verdict': [v + ('' if f == 'primary' else f' · {f}') for v, f in zip(ct.verdict, ct.family)], 'note': ct.note})
@@ -397,8 +397,8 @@ def verdicts_intro(ct:pd.DataFrame, alpha:float=0.05) -> str:
     m = ct.family_size.dropna()
     fam = f'the {int(m.iloc[0])} primary claims of the whole study' if len(m) else 'the primary claims of the study'
     return (f'<p class="muted">Primary claims: Holm-corrected over {esc(fam)} (the same family as in the study index); '
-            f'exploratory and calibration claims: raw p at α = {fmt(alpha)}, labelled. p = max(t-test p, sign-flip p) for '
-            'measured quantities (both shown). Supported / refuted when the p used is below its level and the estimate lies on '
+            f'exploratory and calibration claims: raw p at α = {fmt(alpha)}, labelled. p: the t-test\'s on the claim\'s '
+            'scale (the test the CIs invert), the exact sign-flip test\'s beside it. Supported / refuted when the p used is below its level and the estimate lies on '
             'the claimed / other side; inconclusive otherwise; <b>uninformative</b> (grey) when the claim\'s gate failed: the run '
             'could not answer it. Thick bars: the CI at the level the verdict used; thin: 95%.</p>')
 

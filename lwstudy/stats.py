@@ -35,16 +35,15 @@ def paired_diff_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
 def _no_spread(q) -> bool: q = _arr(q); return bool(np.ptp(q) <= 1e-12 * max(1.0, np.abs(q).max()))
 def _at(x:float, null:float) -> bool: return bool(np.isclose(x, null, rtol=1e-12, atol=1e-15))
 
-def _degenerate_p(q, null:float=0.0, exact:bool=False) -> float|None:
-    "One-sided p for a quantity with no spread (None when it has spread): 1 at `null`; else 0 if `exact`, the sign-flip test's 0.5^n if not."
+def _degenerate_p(q, null:float=0.0) -> float|None:
+    "One-sided p for a quantity with no spread (None when it has spread): the t-test's limit, 1 at `null`, else 0."
     q = _arr(q)
     if not _no_spread(q): return None
-    if _at(q.mean(), null): return 1.0
-    return 0.0 if exact else 0.5 ** len(q)
+    return 1.0 if _at(q.mean(), null) else 0.0
 
-def paired_t(base, treat, exact:bool=False) -> float:
+def paired_t(base, treat) -> float:
     "Two-sided p of the paired t-test (`scipy.stats.ttest_rel`); zero-spread differences: see `_degenerate_p`."
-    d = _degenerate_p(_arr(treat) - _arr(base), exact=exact)
+    d = _degenerate_p(_arr(treat) - _arr(base))
     if d is not None: return min(1.0, 2 * d)
     return float(stats.ttest_rel(treat, base).pvalue)
 
@@ -90,22 +89,22 @@ def log_ratio_ci(base, treat, conf:float=0.95) -> tuple[float, float, float]:
 # %% ../nbs/05_stats.ipynb #c009
 SIDES = ('>', '<')
 
-def one_sided_p(q, threshold:float=0.0, op:str='>', exact:bool=False) -> float:
+def one_sided_p(q, threshold:float=0.0, op:str='>') -> float:
     "p of H0 'mean(q) is not op threshold' (one-sample t-test, `scipy.stats.ttest_1samp`; zero spread: `_degenerate_p`)."
     if op not in SIDES: raise ValueError(f"unknown side {op!r}; allowed: {', '.join(SIDES)}")
     q = _arr(q)
-    d = _degenerate_p(q, threshold, exact)
+    d = _degenerate_p(q, threshold)
     if d is not None:
         return d if (q.mean() > threshold if op == '>' else q.mean() < threshold) else 1.0
     return float(stats.ttest_1samp(q, threshold, alternative='greater' if op == '>' else 'less').pvalue)
 
-def noninferiority_p(base, treat, margin:float, higher_is_better:bool=True, scale:str='diff', exact:bool=False) -> float:
+def noninferiority_p(base, treat, margin:float, higher_is_better:bool=True, scale:str='diff') -> float:
     "TOST non-inferiority p: H0 'treat is worse than base by at least `margin`' (a difference, or a ratio margin like 0.95)."
     if scale == 'ratio':
         q, thr = np.log(_arr(treat)) - np.log(_arr(base)), np.log(margin)
     else:
         q, thr = _arr(treat) - _arr(base), (-margin if higher_is_better else margin)
-    return one_sided_p(q, thr, '>' if higher_is_better else '<', exact)
+    return one_sided_p(q, thr, '>' if higher_is_better else '<')
 
 # %% ../nbs/05_stats.ipynb #c012
 def holm(pvals) -> np.ndarray:
@@ -148,7 +147,7 @@ def mde_dz(n:int, alpha:float=0.05, power:float=0.8) -> float:
     return float(optimize.brentq(lambda d: power_paired(d, n, alpha) - power, 1e-9, hi, xtol=1e-10, rtol=1e-12))
 
 # %% ../nbs/05_stats.ipynb #c018
-def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:float=0.95, exact:bool=False) -> dict:
+def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:float=0.95) -> dict:
     "Per-arm mean/sd, paired difference with CI, t / Wilcoxon / sign-flip p, d_z, the MDE and (ratio scale) the ratio CI."
     base, treat = _arr(base), _arr(treat)
     if len(base) != len(treat): raise ValueError(f'unpaired: {len(base)} baseline vs {len(treat)} treatment values')
@@ -159,7 +158,7 @@ def compare(base, treat, higher_is_better:bool=True, scale:str='diff', conf:floa
     sd_diff = float(np.std(tt - tb, ddof=1)) if len(base) > 1 else float('nan')
     row = dict(n=len(base), base_mean=bd['mean'], base_sd=bd['sd'], treat_mean=td['mean'], treat_sd=td['sd'],
                diff=diff, diff_lo=lo, diff_hi=hi, test_scale='log' if log else 'linear',
-               p_t=paired_t(tb, tt, exact), p_wilcoxon=wilcoxon_p(tb, tt), p_signflip=signflip_p(tt - tb),
+               p_t=paired_t(tb, tt), p_wilcoxon=wilcoxon_p(tb, tt), p_signflip=signflip_p(tt - tb),
                d_z=cohens_dz(tb, tt), mde=mde_dz(len(base)) * sd_diff,
                better=bool(diff > 0) if higher_is_better else bool(diff < 0))
     if log: row['ratio'], row['ratio_lo'], row['ratio_hi'] = log_ratio_ci(base, treat, conf)
@@ -179,9 +178,9 @@ def log_scale(q, threshold:float, on:str='diff') -> bool:
     return on == 'ratio' or (on == 'value' and len(q) > 0 and bool((q > 0).all()) and threshold > 0)
 
 def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95,
-               exact:bool=False, # `q` is computed, not sampled (FLOPs, sizes): zero spread then means certainty
+               exact:bool=False, # `q` is computed, not sampled (FLOPs, sizes): exactly at the threshold is then certain
               ) -> dict:
-    "Estimate, CI, two-sided p (t, sign-flip, and the verdict's p) of per-seed quantity `q` against `threshold`."
+    "Estimate, CI, two-sided p (the verdict's: the t-test's; and the sign-flip test's) of per-seed `q` against `threshold`."
     _check('op', op, OPS); _check('comparison', on, ONS)
     q = _arr(q)
     if on == 'ratio' and ((q <= 0).any() or threshold <= 0):
@@ -196,15 +195,11 @@ def claim_test(q, threshold:float, op:str='>', on:str='diff', conf:float=0.95,
                           p_signflip=nan, holds=False, sd=nan)
     m, lo, hi = mean_ci(z, conf)
     p_sf = signflip_p(z, zt)
-    if _no_spread(z):
-        p_t = (0.0 if exact else nan)  # undefined for a measured quantity: the sign-flip test decides
-        p = 0.0 if exact else p_sf
-    else:
-        p_t = float(stats.ttest_1samp(z, zt).pvalue)
-        p = max(p_t, p_sf)
     at = _at(m, zt) and _no_spread(z)
+    if _no_spread(z): p_t = (0.0 if exact else 1.0) if at else 0.0  # the t-test's limit as the spread goes to 0
+    else: p_t = float(stats.ttest_1samp(z, zt).pvalue)
     holds = False if at else bool(m > zt if op == '>' else m < zt if op == '<' else not _at(m, zt))
-    return out | dict(estimate=float(back(m)), lo=float(back(lo)), hi=float(back(hi)), p=float(p), p_t=p_t,
+    return out | dict(estimate=float(back(m)), lo=float(back(lo)), hi=float(back(hi)), p=float(p_t), p_t=p_t,
                       p_signflip=p_sf, holds=holds, sd=float(z.std(ddof=1)))
 
 def verdict(p_adj:float, holds:bool, alpha:float=0.05, gate_passed:bool=True) -> str:
