@@ -4,29 +4,118 @@
 
 # %% ../../nbs/20_metabo.ipynb #c002
 from __future__ import annotations
-import contextlib, io, itertools, json, math, time
-from pathlib import Path
+import itertools, math, time
 import numpy as np
+import optuna
 import torch
 from torch import nn
-from ..core import BadInput, atomic_write, by_profile, cache_dir, check_choice, current_device, param_hash
+from ..core import BadInput, by_profile, check_choice, current_device, disk_cached
 from ..data import dataset_info, load, scale_to_available, split_frame, take
 from ..models import HUB_CONFIGS, bert_tokenizer, from_config_or_pretrained, load_pretrained, masked_mean_pool
-from ..runner import Claim, Gate, Metric, Spec, Store, gate_mean
-from ..train import Callback, evaluate, resolve_precision, train
+from ..runner import Claim, Gate, Metric, Spec, gate_mean
+from ..train import WarmupLinear, evaluate, resolve_precision, train
 
 # %% auto #0
-__all__ = ['PLAN_GRID', 'HEAD_LR_SCALE', 'TASKS', 'HELD_OUT_SPLIT', 'DROPOUT_FIELDS', 'META_FEATURES', 'ARMS', 'TOL',
-           'HEADROOM_MIN', 'METRICS', 'SCORE_MARGIN', 'TRIALS_RATIO', 'search_space', 'grid_indices', 'config_of',
-           'task_slices', 'sentence_features', 'task_features', 'Batches', 'StepSchedule', 'head_model',
-           'torch_threads', 'evaluate_head', 'evaluate_finetune', 'table_path', 'build_table', 'meta_features',
-           'normalised_scores', 'MetaModel', 'make_sampler', 'optimise', 'run_summary', 'task_params', 'build_all',
-           'fit', 'random_expected_trials', 'replay', 'headroom_gate', 'spec', 'regret_figure', 'sections']
+__all__ = ['META_FEATURES', 'ARMS', 'N_STARTUP', 'PLAN_GRID', 'HEAD_LR_SCALE', 'TASKS', 'HELD_OUT_SPLIT', 'TABLE_VERSION', 'TOL',
+           'HEADROOM_MIN', 'QUICK', 'SMOKE', 'FULL', 'DRYRUN', 'METRICS', 'SCORE_MARGIN', 'TRIALS_RATIO',
+           'meta_features', 'normalised_scores', 'MetaModel', 'grid_indices', 'config_of', 'make_sampler', 'optimise',
+           'run_summary', 'search_space', 'task_slices', 'sentence_features', 'task_features', 'Batches',
+           'evaluate_head', 'evaluate_finetune', 'build_table', 'task_params', 'fit', 'random_expected_trials',
+           'replay', 'headroom_gate', 'spec', 'sections']
+
+# %% ../../nbs/20_metabo.ipynb #c020
+META_FEATURES = ('log10_n_train_split', 'log2_classes', 'balance', 'log_mean_tokens', 'centroid_acc', 'nn1_acc')
+
+def meta_features(feats:dict) -> np.ndarray:
+    "The meta-feature vector of a task (see `META_FEATURES`) from its training slice (`task_features`' output)."
+    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+    x, y, k = feats['x_train'], feats['y_train'], int(feats['n_classes'])
+    p = np.bincount(y, minlength=k) / len(y)
+    balance = float(-(p[p > 0] * np.log(p[p > 0])).sum() / np.log(k))
+    perm = np.random.default_rng(0).permutation(len(y)); a, b = perm[:len(y) // 2], perm[len(y) // 2:]
+    land = [float((m.fit(x[a], y[a]).predict(x[b]) == y[b]).mean()) for m in (NearestCentroid(), KNeighborsClassifier(1, metric='cosine'))]
+    return np.array([np.log10(float(feats['n_source'])), np.log2(k), balance, np.log(float(feats['mean_tokens'])), *land])
+
+def normalised_scores(rows:dict, metric:str='val_accuracy') -> dict: # one table: index tuple -> scores; the score
+    "Per-configuration `metric` min-max normalised within one table (1 = best, 0 = worst)."
+    v = {i: r[metric] for i, r in rows.items()}
+    lo, hi = min(v.values()), max(v.values())
+    return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for i, s in v.items()}
+
+class MetaModel:
+    "A random forest from (task meta-features, configuration indices) to within-task normalised score."
+    def __init__(self, n_estimators:int=100, seed:int=0): self.n_estimators, self.seed = n_estimators, seed
+    def fit(self, sources:dict): # task -> (meta-feature vector, table rows)
+        "Fit on the source tasks (never the target: leave-one-task-out)."
+        from sklearn.ensemble import RandomForestRegressor
+        mf = np.stack([m for m, _ in sources.values()])
+        self.mu, self.sd = mf.mean(0), np.where(mf.std(0) > 0, mf.std(0), 1.0)
+        X, y = [], []
+        for m, rows in sources.values():
+            for idx, s in normalised_scores(rows).items(): X.append([*((m - self.mu) / self.sd), *idx]); y.append(s)
+        self.rf = RandomForestRegressor(self.n_estimators, random_state=self.seed, n_jobs=1).fit(np.array(X), np.array(y))
+        return self
+    def predict(self, meta:np.ndarray, configs:list) -> np.ndarray: # the target's meta-features; index tuples
+        "Predicted normalised score of each configuration for a task with meta-features `meta`."
+        z = (meta - self.mu) / self.sd
+        return self.rf.predict(np.array([[*z, *c] for c in configs]))
+    def propose(self, meta:np.ndarray, configs:list, k:int) -> list[tuple]:
+        "The `k` configurations of `configs` with the highest predicted score for `meta` (ties: grid order)."
+        pred = self.predict(meta, configs)
+        return [tuple(configs[i]) for i in np.argsort(-pred, kind='stable')[:k]]
+
+# %% ../../nbs/20_metabo.ipynb #c024
+ARMS = ('random', 'bo', 'metabo')
+N_STARTUP = 10  # plain BO's random trials before the model (Optuna's default)
+def grid_indices(space:dict) -> list[tuple]:
+    "Every configuration of `space` (name -> tuple of values) as a tuple of value indices, in a fixed order."
+    return list(itertools.product(*(range(len(v)) for v in space.values())))
+
+def config_of(space:dict, idx) -> dict:
+    "The configuration (name -> value) of index tuple `idx` in `space`."
+    return {k: v[i] for (k, v), i in zip(space.items(), idx)}
+
+def make_sampler(kind:str, engine:str, seed:int, n_startup:int=N_STARTUP): # 'random' | 'bo'; 'tpe' | 'gp'; seed; random trials first
+    "An Optuna sampler: random, or the model-based `engine` with `n_startup` random trials first."
+    check_choice('optimiser', kind, ('random', 'bo'))
+    if kind == 'random': return optuna.samplers.RandomSampler(seed=seed)
+    check_choice('engine', engine, ('tpe', 'gp'))
+    return dict(tpe=optuna.samplers.TPESampler, gp=optuna.samplers.GPSampler)[engine](seed=seed, n_startup_trials=n_startup)
+
+def optimise(objective, # index tuple -> score (higher is better)
+             space:dict, budget:int, # name -> tuple of values; trials
+             kind:str='bo', engine:str='tpe', seed:int=0, # see `make_sampler`
+             warm:list=(), # index tuples enqueued as the first trials
+             n_startup:int|None=None) -> dict: # random trials before the model; default `N_STARTUP`, or len(warm) when warm-started
+    "Run one optimiser for `budget` trials; the proposed index tuples, their scores and the optimiser's own time."
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n_startup = n_startup if n_startup is not None else (len(warm) if len(warm) else N_STARTUP)
+    t0 = time.perf_counter()
+    study = optuna.create_study(direction='maximize', sampler=make_sampler(kind, engine, seed, n_startup))
+    for c in warm: study.enqueue_trial({k: int(i) for k, i in zip(space, c)})
+    overhead, proposed, scores = time.perf_counter() - t0, [], []
+    for _ in range(budget):
+        t0 = time.perf_counter(); trial = study.ask()
+        idx = tuple(trial.suggest_int(k, 0, len(v) - 1) for k, v in space.items()); overhead += time.perf_counter() - t0
+        score = objective(idx)
+        t0 = time.perf_counter(); study.tell(trial, score); overhead += time.perf_counter() - t0
+        proposed.append(idx); scores.append(score)
+    return dict(proposed=proposed, scores=scores, overhead_s=overhead)
+
+# %% ../../nbs/20_metabo.ipynb #c030
+def run_summary(scores:list, best:float, worst:float, # one run's scores in trial order; the table's best and worst
+                budget:int, tol:float=0.01) -> dict: # trials in the run (a miss counts budget + 1); "within": >= (1 - tol) x best
+    "Regret curve, trials to within `tol` of `best` (relative) and to `best`, censored at `budget + 1`."
+    s = np.maximum.accumulate(np.asarray(scores, float))
+    regret = (best - s) / (best - worst) if best > worst else np.zeros_like(s)
+    first = lambda ok: int(np.argmax(ok)) + 1 if ok.any() else budget + 1
+    within = s >= (1 - tol) * best - 1e-12
+    return dict(regret=regret.tolist(), trials_to_1pct=first(within), hit_1pct=float(within.any()),
+                trials_to_best=first(s >= best - 1e-12), final_regret=float(regret[-1]), regret_auc=float(regret.mean()))
 
 # %% ../../nbs/20_metabo.ipynb #c005
 PLAN_GRID = dict(lr=(1e-5, 3e-5, 5e-5), batch_size=(16, 32), epochs=(3, 5, 10), dropout=(0.1, 0.3, 0.5), warmup=(0, 100, 500))
 HEAD_LR_SCALE = 100  # quick: a head on frozen features takes learning rates 100x those of full fine-tuning
-
 def search_space(profile:str) -> dict:
     "The discrete grid of a profile: name -> tuple of values."
     return by_profile(profile,
@@ -36,27 +125,17 @@ def search_space(profile:str) -> dict:
         dryrun=dict(PLAN_GRID, lr=PLAN_GRID['lr'][::2], epochs=PLAN_GRID['epochs'][:1], dropout=PLAN_GRID['dropout'][:1],
                     warmup=PLAN_GRID['warmup'][::2]))  # 8 of the plan's configurations
 
-def grid_indices(space:dict) -> list[tuple]:
-    "Every configuration of `space` as a tuple of value indices, in a fixed order."
-    return list(itertools.product(*(range(len(v)) for v in space.values())))
-
-def config_of(space:dict, idx) -> dict:
-    "The configuration (name -> value) of an index tuple."
-    return {k: v[i] for (k, v), i in zip(space.items(), idx)}
-
 # %% ../../nbs/20_metabo.ipynb #c008
 TASKS = ('sst2', 'imdb', 'ag_news', 'rotten_tomatoes', 'subj', 'trec', 'sst5', 'cr', 'mpqa')
 HELD_OUT_SPLIT = dict(sst2='validation', imdb='test', ag_news='test', rotten_tomatoes='validation', subj=None, trec='test',
                       sst5='validation', cr=None, mpqa=None)  # None: hold out 30% of the train split
-
 def task_slices(task:str, # a name in `TASKS`
                 n_train:int, n_val:int, n_test:int, # slice sizes asked for (scaled down, and said so, when the data has fewer rows)
-                profile:str='quick'):
+                profile:str='quick'): # selects the data source (see `data.load`)
     "Fixed (train, val, test) DataFrames of a task, and the size of its full training split."
     check_choice('task', task, TASKS)
-    train_df = load(task, 'train', profile)
+    train_df, split = load(task, 'train', profile), HELD_OUT_SPLIT[task]
     n_source = len(train_df)
-    split = HELD_OUT_SPLIT[task]
     if split is None: train_df, held = split_frame(train_df, test_frac=0.3, seed=0)  # `take` says so if a part is short
     else:
         held = load(task, split, profile)
@@ -71,7 +150,8 @@ def task_slices(task:str, # a name in `TASKS`
 
 # %% ../../nbs/20_metabo.ipynb #c010
 @torch.no_grad()
-def sentence_features(texts:list, tokenizer, encoder, max_len:int=128, batch_size:int=64) -> np.ndarray:
+def sentence_features(texts:list, tokenizer, encoder, # a BERT-style tokenizer and encoder
+                      max_len:int=128, batch_size:int=64) -> np.ndarray:
     "Mean-pooled, L2-normalised encoder features of `texts` (batches of similar length, original order kept)."
     order = np.argsort([len(t) for t in texts], kind='stable')
     out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
@@ -82,30 +162,21 @@ def sentence_features(texts:list, tokenizer, encoder, max_len:int=128, batch_siz
         out[idx] = torch.nn.functional.normalize(masked_mean_pool(h, b['attention_mask']), dim=-1).numpy()
     return out
 
-def _encoder(name='minilm'):
-    return bert_tokenizer(name), load_pretrained(name)
-
-def task_features(task:str, sizes:dict, profile:str='quick') -> dict:
-    "Cached MiniLM features, labels and descriptive numbers of a task's fixed slices."
+def task_features(task:str, sizes:dict, profile:str='quick') -> dict: # a name in `TASKS`; n_train, n_val, n_test, max_len; the data source
+    "MiniLM features (`x_train`...), labels (`y_train`...) and descriptive numbers of a task's fixed slices, cached on disk."
     tr, val, test, n_source = task_slices(task, sizes['n_train'], sizes['n_val'], sizes['n_test'], profile)
-    info = dataset_info(task)
-    key = param_hash(dict(task=task, source=[d.attrs['source'] for d in (tr, val, test)], sizes=sizes, model='minilm',
-                          pooling='mean-l2', max_len=sizes['max_len'], version=1))
-    path = cache_dir()/'metabo'/f'{task}__{key}.npz'
-    if not path.exists():
-        tok, enc = _encoder()
+    parts, info = dict(train=tr, val=val, test=test), dataset_info(task)
+    def compute():
+        tok, enc = bert_tokenizer('minilm'), load_pretrained('minilm')
         t0 = time.perf_counter()
-        xs = {s: sentence_features(d[info.text].tolist(), tok, enc, sizes['max_len']) for s, d in
-              (('train', tr), ('val', val), ('test', test))}
+        x = {f'x_{s}': torch.from_numpy(sentence_features(d[info.text].tolist(), tok, enc, sizes['max_len'])) for s, d in parts.items()}
         lengths = [len(ids) for ids in tok(tr[info.text].tolist(), truncation=False)['input_ids']]
-        buf = io.BytesIO()
-        np.savez(buf, **{f'x_{s}': x for s, x in xs.items()},
-                 **{f'y_{s}': d[info.label].to_numpy().astype(np.int64) for s, d in (('train', tr), ('val', val), ('test', test))},
-                 mean_tokens=np.mean(lengths), n_source=n_source, n_classes=info.n_classes, feature_s=time.perf_counter() - t0)
-        atomic_write(path, buf.getvalue())
-    with np.load(path) as z: out = {k: z[k] for k in z.files}
-    out.update(task=task, source=tr.attrs['source'], standin=bool(tr.attrs['standin']), key=key)
-    return out
+        return dict(x, **{f'y_{s}': torch.tensor(d[info.label].to_numpy(), dtype=torch.long) for s, d in parts.items()},
+                    mean_tokens=float(np.mean(lengths)), n_source=n_source, n_classes=info.n_classes, feature_s=time.perf_counter() - t0)
+    key = dict(task=task, source=[d.attrs['source'] for d in parts.values()], model='minilm', pooling='mean-l2',
+               **{k: sizes[k] for k in ('n_train', 'n_val', 'n_test', 'max_len')})
+    out = {k: v.numpy() if torch.is_tensor(v) else v for k, v in disk_cached('metabo', key, compute, tag=task).items()}
+    return dict(out, task=task, source=tr.attrs['source'], standin=bool(tr.attrs['standin']))
 
 # %% ../../nbs/20_metabo.ipynb #c011
 class Batches:
@@ -116,485 +187,264 @@ class Batches:
     def __iter__(self):
         perm = torch.randperm(len(self.x), generator=self.g)
         for i in range(0, len(perm), self.batch_size):
-            j = perm[i:i + self.batch_size]
-            yield self.x[j], self.y[j]
+            j = perm[i:i + self.batch_size]; yield self.x[j], self.y[j]
 
-class StepSchedule(Callback):
-    "Steps a `torch.optim.lr_scheduler` after every optimiser step."
-    def __init__(self, scheduler): self.scheduler = scheduler
-    def after_step(self, state): self.scheduler.step()
-
-def head_model(n_in:int, n_classes:int, dropout:float, hidden:int=256) -> nn.Module:
-    "Dropout, Linear, GELU, Dropout, Linear."
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
-
-@contextlib.contextmanager
-def torch_threads(n:int):
-    "Run the block with `n` torch intra-op threads, then restore the previous number."
-    old = torch.get_num_threads(); torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(old)
-
-def evaluate_head(feats:dict, cfg:dict, hidden:int=256, seed:int=0) -> dict:
-    "Train a head on `feats`' training slice with configuration `cfg`; accuracy and macro F1 on the val and test slices."
-    with torch_threads(1): return _evaluate_head(feats, cfg, hidden, seed)
-
-def _evaluate_head(feats, cfg, hidden, seed):
-    from transformers import get_linear_schedule_with_warmup
-    t = {k: torch.from_numpy(np.asarray(feats[k])) for k in ('x_train', 'y_train', 'x_val', 'y_val', 'x_test', 'y_test')}
-    torch.manual_seed(seed)
-    model = head_model(t['x_train'].shape[1], int(feats['n_classes']), cfg['dropout'], hidden)
+def _train_scored(model, loader, cfg:dict, evals:dict, device:str, precision:str='fp32', forward=None, **kw) -> dict:
+    "Train `model` with AdamW under `WarmupLinear` as `cfg` says (`kw`: `train`'s loss_fn, max_steps); accuracy and macro F1 on each of `evals`."
     opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'])
-    loader = Batches(t['x_train'], t['y_train'], cfg['batch_size'], seed)
-    sched = get_linear_schedule_with_warmup(opt, cfg['warmup'], cfg['epochs'] * len(loader))
-    state = train(model, loader, opt, epochs=cfg['epochs'], callbacks=[StepSchedule(sched)], device='cpu')
-    out = {}
-    for s in ('val', 'test'):
-        sc = evaluate(model, Batches(t[f'x_{s}'], t[f'y_{s}'], 4096, 0), device='cpu')
+    sched = WarmupLinear(cfg['lr'], cfg['warmup'], cfg['epochs'] * len(loader))
+    state = train(model, loader, opt, epochs=cfg['epochs'], callbacks=[sched], device=device, precision=precision, **kw)
+    out = dict(train_s=state.train_s, steps=state.step)
+    for s, l in evals.items():
+        sc = evaluate(model, l, device=device, precision=precision, forward=forward)
         out[f'{s}_accuracy'], out[f'{s}_f1'] = sc['accuracy'], sc['f1']
-    return dict(out, train_s=state.train_s, steps=state.step)
+    return out
+
+def evaluate_head(feats:dict, cfg:dict, # `task_features`' (x_/y_ train, val, test arrays, n_classes); one configuration of the grid
+                  hidden:int=256, seed:int=0) -> dict: # the head's width; its initialisation and data order
+    "Train a head on `feats`' training slice with `cfg` on one thread; accuracy and macro F1 on the val and test slices."
+    t = {k: torch.as_tensor(feats[k]) for k in ('x_train', 'y_train', 'x_val', 'y_val', 'x_test', 'y_test')}
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        p, n_in = cfg['dropout'], t['x_train'].shape[1]
+        model = nn.Sequential(nn.Dropout(p), nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(p), nn.Linear(hidden, int(feats['n_classes'])))
+        evals = {s: Batches(t[f'x_{s}'], t[f'y_{s}'], 4096, 0) for s in ('val', 'test')}
+        return _train_scored(model, Batches(t['x_train'], t['y_train'], cfg['batch_size'], seed), cfg, evals, 'cpu')
+    finally: torch.set_num_threads(threads)
 
 # %% ../../nbs/20_metabo.ipynb #c015
-DROPOUT_FIELDS = dict(distilbert=('dropout', 'seq_classif_dropout'), # per model type: the config fields one dropout rate sets
-                      bert=('hidden_dropout_prob', 'classifier_dropout'))
-
-def evaluate_finetune(task:str, # a name in `TASKS`
-                      cfg:dict, # one configuration of the grid (lr, batch_size, epochs, dropout, warmup)
+def evaluate_finetune(task:str, cfg:dict, # a name in `TASKS`; one configuration of the grid (lr, batch_size, epochs, dropout, warmup)
                       sizes:dict, # slice sizes, max_len; optional max_steps and cpu_batch (dryrun) and precision (default fp32)
-                      profile:str='full',
-                      model:str='distilbert', # a name in `models.HUB_MODELS`
+                      profile:str='full', model:str='distilbert', # the data source (and Hub weights or not); a name in `models.HUB_MODELS`
                       seed:int=0) -> dict:
     "Fine-tune pretrained `model` (in `dryrun` without the Hub: random weights) on a task's training slice with `cfg`; accuracy and macro F1 on val and test."
-    from transformers import get_linear_schedule_with_warmup
     tr, val, test, _ = task_slices(task, sizes['n_train'], sizes['n_val'], sizes['n_test'], profile)
     info, device = dataset_info(task), current_device()
     precision = resolve_precision(sizes.get('precision', 'fp32'), device)
     tok = bert_tokenizer(model, profile)
-    enc = lambda d: [torch.tensor(v) for v in (lambda b: (b['input_ids'], b['attention_mask']))(
-        tok(d[info.text].tolist(), truncation=True, max_length=sizes['max_len'], padding='max_length'))] + [
-        torch.tensor(d[info.label].to_numpy(), dtype=torch.long)]
+    def encode(d):  # (ids and mask stacked, labels)
+        b = tok(d[info.text].tolist(), truncation=True, max_length=sizes['max_len'], padding='max_length')
+        return torch.stack([torch.tensor(b['input_ids']), torch.tensor(b['attention_mask'])], 1), torch.tensor(d[info.label].to_numpy(), dtype=torch.long)
     torch.manual_seed(seed)
-    drop = {f: cfg['dropout'] for f in DROPOUT_FIELDS[HUB_CONFIGS[model][0]]}
+    fields = dict(distilbert=('dropout', 'seq_classif_dropout'), bert=('hidden_dropout_prob', 'classifier_dropout'))  # one rate sets these
+    drop = {f: cfg['dropout'] for f in fields[HUB_CONFIGS[model][0]]}
     net, weights = from_config_or_pretrained(model, profile, head='sequence_classification', num_labels=info.n_classes, **drop)
-    ids, mask, y = enc(tr)
     bs = min(cfg['batch_size'], sizes['cpu_batch']) if sizes.get('cpu_batch') and device == 'cpu' else cfg['batch_size']
-    loader = Batches(torch.stack([ids, mask], 1), y, bs, seed)
     forward = lambda m, b: (m(input_ids=b[0][:, 0], attention_mask=b[0][:, 1]).logits, b[1])
     loss_fn = lambda m, b: (lambda logits: (torch.nn.functional.cross_entropy(logits.float(), b[1]), logits))(forward(m, b)[0])
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg['lr'])
-    sched = get_linear_schedule_with_warmup(opt, cfg['warmup'], cfg['epochs'] * len(loader))
-    state = train(net, loader, opt, epochs=cfg['epochs'], max_steps=sizes.get('max_steps'), loss_fn=loss_fn,
-                  callbacks=[StepSchedule(sched)], device=device, precision=precision)
-    out = {}
-    for s, d in (('val', val), ('test', test)):
-        i, m_, yy = enc(d)
-        sc = evaluate(net, Batches(torch.stack([i, m_], 1), yy, 64, 0), device=device, forward=forward, precision=precision)
-        out[f'{s}_accuracy'], out[f'{s}_f1'] = sc['accuracy'], sc['f1']
-    return dict(out, train_s=state.train_s, steps=state.step, batch_size=bs, precision=precision, weights=weights)
+    out = _train_scored(net, Batches(*encode(tr), bs, seed), cfg, {s: Batches(*encode(d), 64, 0) for s, d in (('val', val), ('test', test))},
+                        device, precision, forward, loss_fn=loss_fn, max_steps=sizes.get('max_steps'))
+    return dict(out, batch_size=bs, precision=precision, weights=weights)
 
 # %% ../../nbs/20_metabo.ipynb #c018
-def table_path(task:str, profile:str, key:str) -> Path:
-    "Where the evaluation table of a task lives in the result store."
-    return Store().root/'metabo'/profile/'evals'/f'{task}__{key}.jsonl'
-
-def _read_lines(path:Path) -> dict:
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try: r = json.loads(line)
-            except json.JSONDecodeError: continue  # a line torn by an interruption: recomputed
-            rows[tuple(r['idx'])] = r
-    return rows
-
-def build_table(task:str, params:dict, profile:str, evaluator=None, progress:bool=False) -> dict:
-    "The evaluation table of `task` over `params`' grid: index tuple -> scores; computes only what is missing."
-    space = params['space']
-    if params['fidelity'] == 'head':
-        feats = task_features(task, params['sizes'], profile)
-        source, feature_s = feats['source'], float(feats['feature_s'])
-        evaluator = evaluator or (lambda cfg: evaluate_head(feats, cfg, params['sizes']['hidden']))
-    else:
-        tr = task_slices(task, 1, 1, 1, profile)[0]
-        source, feature_s = tr.attrs['source'], 0.0
-        evaluator = evaluator or (lambda cfg: evaluate_finetune(task, cfg, params['sizes'], profile, params['model']))
-    key = param_hash(dict(task=task, source=source, space=space, sizes=params['sizes'], fidelity=params['fidelity'],
-                          model=params['model'], version=1))
-    path = table_path(task, profile, key)
-    rows = _read_lines(path)
-    todo = [i for i in grid_indices(space) if i not in rows]
-    if todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, 'a') as f:
-            if path.stat().st_size and not path.read_text().endswith('\n'): f.write('\n')
-            for n, idx in enumerate(todo):
-                t0 = time.perf_counter()
-                res = evaluator(config_of(space, idx))
-                rows[idx] = dict(idx=list(idx), **res, eval_s=time.perf_counter() - t0)
-                f.write(json.dumps(rows[idx]) + '\n'); f.flush()
-                if progress and n % 20 == 0: print(f'{task}: {n}/{len(todo)}', flush=True)
-    return dict(task=task, rows=rows, source=source, feature_s=feature_s, path=str(path), computed_now=len(todo),
+TABLE_VERSION = 2  # 2: train.WarmupLinear (the first warm-up step at peak/warmup; transformers' schedule spent it at 0)
+def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm (space, sizes, fidelity, model); the profile
+                feats:dict, evaluator=None) -> dict: # the task's `task_features`; configuration -> scores (default: the fidelity's)
+    "The evaluation table of `task` over `params`' grid: index tuple -> scores; computes only what is not on disk yet."
+    space, sizes, head = params['space'], params['sizes'], params['fidelity'] == 'head'
+    evaluator = evaluator or ((lambda cfg: evaluate_head(feats, cfg, sizes['hidden'])) if head else
+                              (lambda cfg: evaluate_finetune(task, cfg, sizes, profile, params['model'])))
+    computed = []
+    def timed(idx):
+        computed.append(idx); t0 = time.perf_counter(); res = evaluator(config_of(space, idx))
+        return dict(res, eval_s=time.perf_counter() - t0)
+    keys = {i: dict(task=task, source=feats['source'], space=space, sizes=sizes, fidelity=params['fidelity'], model=params['model'],
+                    idx=list(i), version=TABLE_VERSION) for i in grid_indices(space)}
+    rows = {i: disk_cached('metabo', k, lambda: timed(i), tag=f'{task}_eval') for i, k in keys.items()}
+    feature_s = float(feats['feature_s']) if head else 0.0  # the features feed the head; in `full` only the meta-features
+    return dict(task=task, rows=rows, source=feats['source'], feature_s=feature_s, computed_now=len(computed),
                 build_s=feature_s + sum(r['eval_s'] for r in rows.values()))
-
-# %% ../../nbs/20_metabo.ipynb #c020
-META_FEATURES = ('log10_n_train_split', 'log2_classes', 'balance', 'log_mean_tokens', 'centroid_acc', 'nn1_acc')
-
-def meta_features(feats:dict) -> np.ndarray:
-    "The meta-feature vector of a task (see `META_FEATURES`) from its training slice."
-    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
-    x, y, k = feats['x_train'], feats['y_train'], int(feats['n_classes'])
-    p = np.bincount(y, minlength=k) / len(y)
-    balance = float(-(p[p > 0] * np.log(p[p > 0])).sum() / np.log(k))
-    perm = np.random.default_rng(0).permutation(len(y)); a, b = perm[:len(y) // 2], perm[len(y) // 2:]
-    land = [float((m.fit(x[a], y[a]).predict(x[b]) == y[b]).mean())
-            for m in (NearestCentroid(), KNeighborsClassifier(1, metric='cosine'))]
-    return np.array([np.log10(float(feats['n_source'])), np.log2(k), balance, np.log(float(feats['mean_tokens'])), *land])
-
-def normalised_scores(rows:dict, metric:str='val_accuracy') -> dict:
-    "Per-configuration `metric` min-max normalised within one table (1 = best, 0 = worst)."
-    v = {i: r[metric] for i, r in rows.items()}
-    lo, hi = min(v.values()), max(v.values())
-    return {i: (s - lo) / (hi - lo) if hi > lo else 1.0 for i, s in v.items()}
-
-class MetaModel:
-    "A random forest from (task meta-features, configuration indices) to within-task normalised score."
-    def __init__(self, n_estimators:int=100, seed:int=0): self.n_estimators, self.seed = n_estimators, seed
-
-    def fit(self, sources:dict): # task -> (meta-feature vector, table rows)
-        "Fit on the source tasks (the target must not be among them)."
-        from sklearn.ensemble import RandomForestRegressor
-        mf = np.stack([m for m, _ in sources.values()])
-        self.mu, self.sd = mf.mean(0), np.where(mf.std(0) > 0, mf.std(0), 1.0)
-        X, y = [], []
-        for m, rows in sources.values():
-            for idx, s in normalised_scores(rows).items(): X.append([*((m - self.mu) / self.sd), *idx]); y.append(s)
-        self.rf = RandomForestRegressor(self.n_estimators, random_state=self.seed, n_jobs=1).fit(np.array(X), np.array(y))
-        self.sources = sorted(sources)
-        return self
-
-    def predict(self, meta:np.ndarray, configs:list) -> np.ndarray:
-        "Predicted normalised score of each configuration (index tuples) for a task with meta-features `meta`."
-        z = (meta - self.mu) / self.sd
-        return self.rf.predict(np.array([[*z, *c] for c in configs]))
-
-    def propose(self, meta:np.ndarray, configs:list, k:int) -> list[tuple]:
-        "The `k` configurations with the highest predicted score (ties: grid order)."
-        pred = self.predict(meta, configs)
-        return [tuple(configs[i]) for i in np.argsort(-pred, kind='stable')[:k]]
-
-# %% ../../nbs/20_metabo.ipynb #c024
-import optuna
-
-ARMS = ('random', 'bo', 'metabo')
-
-def make_sampler(kind:str, engine:str, seed:int, n_startup:int=10):
-    "An Optuna sampler: random, or the model-based `engine` ('tpe' | 'gp') with `n_startup` random trials first."
-    check_choice('optimiser', kind, ('random', 'bo'))
-    if kind == 'random': return optuna.samplers.RandomSampler(seed=seed)
-    check_choice('engine', engine, ('tpe', 'gp'))
-    if engine == 'tpe': return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-
-def optimise(objective, # index tuple -> score (higher is better)
-             space:dict, budget:int, kind:str='bo', engine:str='tpe', seed:int=0,
-             warm:list=(), # index tuples enqueued as the first trials
-             n_startup:int|None=None, # random trials before the model; default 10, or len(warm) when warm-started
-            ) -> dict:
-    "Run one optimiser for `budget` trials; the proposed index tuples, their scores and the optimiser's own time."
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    n_startup = n_startup if n_startup is not None else (len(warm) if len(warm) else 10)
-    t0 = time.perf_counter()
-    study = optuna.create_study(direction='maximize', sampler=make_sampler(kind, engine, seed, n_startup))
-    for c in warm: study.enqueue_trial({k: int(i) for k, i in zip(space, c)})
-    overhead, proposed, scores = time.perf_counter() - t0, [], []
-    for _ in range(budget):
-        t0 = time.perf_counter(); trial = study.ask()
-        idx = tuple(trial.suggest_int(k, 0, len(v) - 1) for k, v in space.items()); overhead += time.perf_counter() - t0
-        score = objective(idx)
-        t0 = time.perf_counter(); study.tell(trial, score); overhead += time.perf_counter() - t0
-        proposed.append(idx); scores.append(score)
-    return dict(proposed=proposed, scores=scores, overhead_s=overhead)
-
-# %% ../../nbs/20_metabo.ipynb #c030
-def run_summary(scores:list, best:float, worst:float, budget:int, tol:float=0.01) -> dict:
-    "Regret curve, trials to within `tol` of `best` (relative) and to `best`, censored at `budget + 1`."
-    s = np.maximum.accumulate(np.asarray(scores, float))
-    regret = (best - s) / (best - worst) if best > worst else np.zeros_like(s)
-    first = lambda ok: int(np.argmax(ok)) + 1 if ok.any() else budget + 1
-    within = s >= (1 - tol) * best - 1e-12
-    return dict(regret=regret.tolist(), trials_to_1pct=first(within), hit_1pct=float(within.any()),
-                trials_to_best=first(s >= best - 1e-12), final_regret=float(regret[-1]), regret_auc=float(regret.mean()))
 
 # %% ../../nbs/20_metabo.ipynb #c033
 TOL = 0.01  # "within 1%": a trial counts once its best-so-far validation accuracy is >= (1 - TOL) x the best known
 HEADROOM_MIN = 10  # claims on trials need random search to need at least this many trials on average (issue 17)
+QUICK = dict(
+    tasks=TASKS,      # all nine; each is the held-out target once
+    fidelity='head',  # an evaluation trains an MLP head on frozen features (`evaluate_head`), not a fine-tune
+    model='minilm',   # the feature encoder
+    engine='tpe',     # Optuna's TPESampler: milliseconds a proposal (GPSampler: seconds on this CPU)
+    budget=30,        # trials per optimiser run
+    n_warm=5,         # meta-model proposals that start a metabo run (replacing the random start)
+    reps=4,           # optimiser runs per runner seed and target task
+    sizes=dict(n_train=1000, n_val=500, n_test=500, max_len=128, hidden=256))  # rows: train, validation (objective), test; tokens; head width
+SMOKE = dict(QUICK,
+    tasks=('sst2', 'ag_news', 'trec'),  # three: leave-one-task-out then has two sources
+    budget=12,        # trials: 10 random starts + 2 model proposals for plain BO
+    n_warm=3,         # a quarter of the budget
+    reps=1,           # one optimiser run per seed
+    sizes=dict(n_train=128, n_val=64, n_test=64, max_len=32, hidden=64))  # rows, tokens, width: seconds per table
+FULL = dict(QUICK,
+    fidelity='finetune',  # the plan's: fine-tune the encoder (`evaluate_finetune`)
+    model='distilbert',   # the plan's (Distil)BERT
+    engine='gp',          # GPSampler: Gaussian-process BO, affordable when an evaluation takes minutes
+    reps=2,               # optimiser runs per runner seed and target task
+    sizes=dict(n_train=5000, n_val=1000, n_test=1000, max_len=128, precision='auto'))  # rows, tokens; bf16 where native
+DRYRUN = dict(FULL,  # full's path (random weights without the Hub), seconds a fine-tune
+    tasks=('sst2', 'ag_news', 'trec'),  # three: the leave-one-task-out meta-model needs two sources
+    budget=12,        # trials: 10 random starts + 2 GP proposals for plain BO
+    reps=1,           # one optimiser run per seed
+    sizes=dict(n_train=32, n_val=16, n_test=16, max_len=128, precision='auto',  # rows: a few batches; full's tokens
+               max_steps=2, cpu_batch=2))  # steps per fine-tune; batch size on the CPU
 
 def task_params(profile:str) -> dict:
-    "Tasks, sizes, grid, fidelity, budgets and the tolerance of a profile."
-    return dict(tol=TOL, **by_profile(profile,
-        smoke=dict(tasks=('sst2', 'ag_news', 'trec'), fidelity='head', model='minilm', engine='tpe', budget=12, n_warm=3, reps=1,
-                   sizes=dict(n_train=128, n_val=64, n_test=64, max_len=32, hidden=64)),
-        quick=dict(tasks=TASKS, fidelity='head', model='minilm', engine='tpe', budget=30, n_warm=5, reps=4,
-                   sizes=dict(n_train=1000, n_val=500, n_test=500, max_len=128, hidden=256)),
-        full=dict(tasks=TASKS, fidelity='finetune', model='distilbert', engine='gp', budget=30, n_warm=5, reps=2,
-                  sizes=dict(n_train=5000, n_val=1000, n_test=1000, max_len=128, precision='auto')),
-        dryrun=dict(tasks=('sst2', 'ag_news', 'trec'), # three tasks: the leave-one-task-out meta-model needs two sources
-                    fidelity='finetune', model='distilbert', engine='gp', # full's path (random weights without the Hub)
-                    budget=12, # 10 random starts + 2 GP proposals for plain BO
-                    n_warm=5, reps=1,
-                    sizes=dict(n_train=32, n_val=16, n_test=16, max_len=128, # full's sequence length, a few batches
-                               max_steps=2, # each fine-tune stops after 2 steps
-                               cpu_batch=2, # on the CPU: batches of 2 (a fine-tune then takes seconds)
-                               precision='auto'))))
+    "Tasks, sizes, fidelity, budgets and the tolerance of a profile."
+    return dict(tol=TOL, **by_profile(profile, smoke=SMOKE, quick=QUICK, full=FULL, dryrun=DRYRUN))
 
 def _arm_params(profile:str, arm:str) -> dict:
     p = dict(task_params(profile), space=search_space(profile))
     return dict(p, kind='random' if arm == 'random' else 'bo', n_warm=p['n_warm'] if arm == 'metabo' else 0)
 
-def build_all(params:dict, profile:str, progress:bool=False) -> dict:
-    "Every task's evaluation table (built where missing) and meta-features."
-    out = {}
-    for t in params['tasks']:
-        tab = build_table(t, params, profile, progress=progress)
-        feats = task_features(t, params['sizes'], profile) if params['fidelity'] == 'head' else None
-        tab['meta'] = meta_features(feats) if feats is not None else None
-        out[t] = tab
-    return out
-
 # %% ../../nbs/20_metabo.ipynb #c034
-def _meta_for_finetune(task, params, profile):
-    "Meta-features in `full`: the same numbers, from MiniLM features of the task's slices."
-    return meta_features(task_features(task, dict(params['sizes'], hidden=0), profile))
+def fit(params:dict, seed:int, profile:str) -> dict: # an arm (see `_arm_params`); the runner seed; selects the data source
+    "Build (or read) every task's evaluation table and meta-features, then `replay` the arm's optimiser on them."
+    feats = {t: task_features(t, params['sizes'], profile) for t in params['tasks']}
+    return replay({t: dict(build_table(t, params, profile, f), meta=meta_features(f)) for t, f in feats.items()}, params, seed)
 
-def fit(params:dict, # an arm (see `_arm_params`)
-        seed:int, profile:str) -> dict:
-    "Replay the arm's optimiser on every held-out task for `reps` seeds; regret, trials to target, scores, overhead."
-    tabs = build_all(params, profile)
-    if params['fidelity'] != 'head':
-        for t in tabs: tabs[t]['meta'] = _meta_for_finetune(t, params, profile)
-    return replay(tabs, params, seed)
-
-def random_expected_trials(n:int, # configurations in the grid
-                           k:int, # of which within tolerance of the best (k >= 1: the best itself)
-                          ) -> float:
+def random_expected_trials(n:int, k:int) -> float: # configurations in the grid; of which within tolerance of the best (k >= 1)
     "Expected trials random search without replacement needs to first hit one of `k` good configurations among `n`: (n + 1) / (k + 1)."
     if not 1 <= k <= n: raise BadInput(f'k={k!r} good configurations of n={n!r}; allowed: 1 <= k <= n')
     return (n + 1) / (k + 1)
 
-def replay(tabs:dict, # task -> dict(rows=evaluation table, meta=meta-features, source, build_s, feature_s, path, computed_now)
-           params:dict, seed:int) -> dict:
+def replay(tabs:dict, # task -> dict(rows=evaluation table (index tuple -> scores), meta=meta-features, optional build_s)
+           params:dict, seed:int) -> dict: # an arm; the runner seed (optimiser seeds 100 * seed + rep)
     "Leave-one-task-out replay of one arm over the evaluation tables `tabs` (see `fit`)."
-    space, cfgs, budget = params['space'], grid_indices(params['space']), params['budget']
+    space, cfgs, budget, tol = params['space'], grid_indices(params['space']), params['budget'], params['tol']
     per_task, curves, warm_log = {}, {}, {}
     for target in params['tasks']:
         rows = tabs[target]['rows']
         val = {i: r['val_accuracy'] for i, r in rows.items()}
         best, worst = max(val.values()), min(val.values())
+        within, regret = (lambda v: v >= (1 - tol) * best - 1e-12), (lambda v: (best - v) / (best - worst) if best > worst else 0.0)
         runs = []
-        for rep in range(params['reps']):
-            opt_seed = 100 * seed + rep
+        for opt_seed in range(100 * seed, 100 * seed + params['reps']):
             warm, meta_s = [], 0.0
             if params['n_warm']:
                 t0 = time.perf_counter()
                 mm = MetaModel(seed=opt_seed).fit({t: (tabs[t]['meta'], tabs[t]['rows']) for t in params['tasks'] if t != target})
-                warm = mm.propose(tabs[target]['meta'], cfgs, params['n_warm'])
-                meta_s = time.perf_counter() - t0
-                assert target not in mm.sources
-                warm_log.setdefault(target, []).append(dict(configs=[list(c) for c in warm], true_val=[val[c] for c in warm],
-                                                            regret=(best - max(val[c] for c in warm)) / (best - worst) if best > worst else 0.0))
+                warm, meta_s = mm.propose(tabs[target]['meta'], cfgs, params['n_warm']), time.perf_counter() - t0
+                wv = [val[c] for c in warm]
+                warm_log.setdefault(target, []).append(dict(configs=[list(c) for c in warm], true_val=wv, within=bool(within(max(wv))), regret=regret(max(wv))))
             res = optimise(lambda i: val[i], space, budget, params['kind'], params['engine'], opt_seed, warm)
-            s = run_summary(res['scores'], best, worst, budget, params['tol'])
-            chosen = res['proposed'][int(np.argmax(res['scores']))]
-            runs.append(dict(s, test_accuracy=rows[chosen]['test_accuracy'], test_f1=rows[chosen]['test_f1'],
-                             val_accuracy=rows[chosen]['val_accuracy'], overhead_s=res['overhead_s'] + meta_s, meta_fit_s=meta_s,
-                             n_distinct=len(set(res['proposed']))))
-        per_task[target] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != 'regret'}
-        k = int(sum(v >= (1 - params['tol']) * best - 1e-12 for v in val.values()))
-        per_task[target].update(best_val=best, worst_val=worst, n_configs=len(val), n_within_1pct=k,
-                                random_expected_trials=random_expected_trials(len(val), k),
-                                best_test=max(r['test_accuracy'] for r in rows.values()))
+            chosen = rows[res['proposed'][int(np.argmax(res['scores']))]]
+            runs.append(dict(run_summary(res['scores'], best, worst, budget, tol), test_accuracy=chosen['test_accuracy'], test_f1=chosen['test_f1'],
+                             val_accuracy=chosen['val_accuracy'], overhead_s=res['overhead_s'] + meta_s, meta_fit_s=meta_s, n_distinct=len(set(res['proposed']))))
+        n_good = int(sum(within(v) for v in val.values()))
+        per_task[target] = dict({k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k != 'regret'}, best_val=best, worst_val=worst,
+                                n_configs=len(val), n_within_1pct=n_good, random_expected_trials=random_expected_trials(len(val), n_good),
+                                best_test=max(r['test_accuracy'] for r in rows.values()), build_s=tabs[target].get('build_s', 0.0))
         curves[target] = [r['regret'] for r in runs]
     mean = lambda k: float(np.mean([per_task[t][k] for t in per_task]))
-    cache = {t: dict(source=tabs[t].get('source', ''), build_s=tabs[t].get('build_s', 0.0), feature_s=tabs[t].get('feature_s', 0.0),
-                     path=tabs[t].get('path', ''), computed_now=tabs[t].get('computed_now', 0), n_configs=len(tabs[t]['rows'])) for t in tabs}
-    return dict(trials_to_1pct=mean('trials_to_1pct'), hit_rate_1pct=mean('hit_1pct'), trials_to_best=mean('trials_to_best'),
-                final_regret=mean('final_regret'), regret_auc=mean('regret_auc'), final_test_accuracy=mean('test_accuracy'),
-                final_test_f1=mean('test_f1'), final_val_accuracy=mean('val_accuracy'), overhead_s=mean('overhead_s'),
-                meta_fit_s=mean('meta_fit_s'), distinct_configs=mean('n_distinct'),
-                headroom_trials=float(np.median([per_task[t]['random_expected_trials'] for t in per_task])),
-                runs_per_task=float(params['reps']), sampler=f"{params['kind']} ({params['engine'] if params['kind'] == 'bo' else '-'})",
-                per_task=per_task, curves=curves, warm=warm_log, cache=cache)
+    return dict({k: mean(k) for k in ('trials_to_1pct', 'trials_to_best', 'final_regret', 'regret_auc', 'overhead_s', 'meta_fit_s')},
+                hit_rate_1pct=mean('hit_1pct'), final_test_accuracy=mean('test_accuracy'), final_test_f1=mean('test_f1'),
+                final_val_accuracy=mean('val_accuracy'), distinct_configs=mean('n_distinct'), runs_per_task=float(params['reps']),
+                headroom_trials=float(np.median([v['random_expected_trials'] for v in per_task.values()])), per_task=per_task, warm=warm_log,
+                sampler=f"{params['kind']} ({params['engine'] if params['kind'] == 'bo' else '-'})",  # regret: per trial, mean over runs (and tasks)
+                regret=np.mean(list(curves.values()), axis=(0, 1)).tolist(), **{f'regret_{t}': np.mean(c, 0).tolist() for t, c in curves.items()})
 
 # %% ../../nbs/20_metabo.ipynb #c038
 METRICS = [
-    Metric('trials_to_1pct', False, 'trials', 'ratio', 'trials until the best-so-far validation accuracy is within 1% (relative) '
-           'of the best known; misses count as budget + 1; mean over held-out tasks and repetitions'),
-    Metric('hit_rate_1pct', True, doc='fraction of runs that get within 1% of the best known within the budget'),
+    Metric('trials_to_1pct', False, 'trials', 'ratio', f'trials until the best-so-far validation accuracy is within {TOL:.0%} (relative) of the best known; '
+           'misses count as budget + 1; mean over held-out tasks and repetitions'),
+    Metric('hit_rate_1pct', True, doc=f'fraction of runs that get within {TOL:.0%} of the best known within the budget'),
     Metric('trials_to_best', False, 'trials', 'ratio', 'trials until the best known configuration (censored at budget + 1)'),
     Metric('final_regret', False, doc='normalised regret (best - best so far) / (best - worst) after the whole budget'),
     Metric('regret_auc', False, doc='normalised regret averaged over all trials of the budget'),
     Metric('final_test_accuracy', True, doc='test-slice accuracy of the configuration with the best validation accuracy found'),
     Metric('final_test_f1', True, doc='test-slice macro F1 of that configuration'),
     Metric('overhead_s', False, 's', 'ratio', "the optimiser's own wall time per run: proposing, telling, meta-model fitting"),
-    Metric('headroom_trials', True, 'trials', doc='median over held-out tasks of (N+1)/(K+1): the trials random search without '
-           'replacement needs on average to hit one of the K of N configurations within tolerance (a property of the tables, '
-           'the same in every arm)', exact=True),
-]
+    Metric('headroom_trials', True, 'trials', doc='median over held-out tasks of (N+1)/(K+1): the trials random search without replacement '
+           'needs on average to hit one of the K of N configurations within tolerance (a property of the tables, the same in every arm)', exact=True)]
 
 def _notes(profile:str, p:dict) -> list[str]:
-    sz, notes = p['sizes'], []
-    if p['fidelity'] == 'head':
-        notes.append(f"Fidelity: each evaluation trains an MLP head (hidden {sz['hidden']}) on frozen all-MiniLM-L6-v2 sentence "
-                     f"features (mean pooling, L2-normalised, max {sz['max_len']} tokens) of fixed slices: {sz['n_train']} train, "
-                     f"{sz['n_val']} validation (the objective), {sz['n_test']} test (reported), not fine-tuned (Distil)BERT as "
-                     "in the plan; `full` fine-tunes DistilBERT.")
-        if profile == 'quick': notes.append(f"Search space: the plan's grid (162 configurations) with learning rates x{HEAD_LR_SCALE} "
-                                            "(3e-3... for a head on frozen features instead of 3e-5 for fine-tuning).")
-        else: notes.append('Search space: two values per dimension (32 configurations), smaller slices and budget (smoke).')
-    elif profile == 'dryrun':
-        notes.append(f"dryrun: full's path (fine-tuning {p['model']}, random weights when the Hub is unreachable; GP sampler; "
-                     f"MiniLM meta-features) on {len(p['tasks'])} tasks, an 8-configuration corner of the plan's grid, slices of "
-                     f"{sz['n_train']}/{sz['n_val']}/{sz['n_test']} rows, {sz['max_steps']} steps per fine-tune (batches of "
-                     f"{sz['cpu_batch']} on the CPU) and a budget of {p['budget']}: it checks that the path runs, not its results.")
-    notes += [
-        f"Model-based sampler: Optuna {p['engine'].upper()}Sampler; " + ("GPSampler (GP-BO) was too slow on this CPU for "
-            "thousands of replayed runs (seconds per proposal in the notebook's slow cell, against milliseconds for TPE); TPE is Optuna's default Bayesian optimiser." if p['engine'] == 'tpe' else ''),
-        f"Budget {p['budget']} trials per run; warm start = the meta-model's top {p['n_warm']} configurations, replacing the "
-        "random start (plain BO keeps its usual 10 random trials). With the same optimiser seed, TPE's random start draws the "
-        "same configurations as the random-search arm, so those two arms coincide for the first 10 trials (common random numbers).",
-        f"{p['reps']} optimiser repetitions per runner seed and target task (optimiser seed 100*seed + rep): --seeds 5 gives "
-        f"{5 * p['reps']} runs per task and arm; every metric is a mean over the {len(p['tasks'])} held-out tasks and repetitions.",
-        'Leave-one-task-out: the meta-model (random forest on meta-features + configuration) is fitted on the other tasks only.',
-        f"Tolerance {p['tol']:.0%} (relative, on validation accuracy). Headroom gate: a claim on trials is informative only when "
-        f"random search needs at least {HEADROOM_MIN} trials on average, (N+1)/(K+1) for a grid of N configurations of which K "
-        "are within tolerance (median over held-out tasks; per task in the table below). Primary claims: the plan's (fewer "
-        "trials than plain BO, fewer than random search, no worse final score); the rest are exploratory.",
-        'Evaluations are replayed from a table with every configuration evaluated once (training seed 0) per task: the best '
-        'known configuration is exact for that table, and evaluation noise is frozen into it.',
+    sz, n = p['sizes'], len(grid_indices(search_space(profile)))
+    notes = [f"Fidelity (a stand-in for the plan's fine-tuning, which `full` runs): an evaluation trains an MLP head (hidden {sz.get('hidden')}) "
+             f"on frozen all-MiniLM-L6-v2 features (max {sz['max_len']} tokens) of fixed slices: {sz['n_train']} train, {sz['n_val']} "
+             f"validation (the objective), {sz['n_test']} test (reported). Search space: {n} configurations" + (f", the plan's grid with "
+             f"learning rates x{HEAD_LR_SCALE}." if profile == 'quick' else ', two values per dimension.')] if p['fidelity'] == 'head' else []
+    if profile == 'dryrun': notes = [f"dryrun: full's path (random weights without the Hub) on {len(p['tasks'])} tasks, {n} configurations, slices "
+        f"of {sz['n_train']}/{sz['n_val']}/{sz['n_test']} rows, {sz['max_steps']} steps per fine-tune (batches of {sz['cpu_batch']} on the CPU): "
+        'it checks that the path runs, not its results.']
+    return notes + [
+        f"Model-based sampler: Optuna {p['engine'].upper()}Sampler" + (" (GPSampler took seconds a proposal on this CPU, TPE milliseconds)."
+            if p['engine'] == 'tpe' else '.') + f" Warm start: the meta-model's top {p['n_warm']} configurations, fitted on the other "
+        f"tasks only, replace the random start (plain BO keeps {N_STARTUP} random trials, random search's first {N_STARTUP} at the same seed).",
+        f"Replayed evaluations: every configuration evaluated once per task (training seed 0), so the best known is exact for the table "
+        f"and evaluation noise is frozen into it; {p['budget']} trials per run, {p['reps']} runs per runner seed and task.",
         'CoNLL-2003 NER (in the plan) is not included: the data registry has no token-classification dataset.',
-        'Without the parquet mirror every task is a Shakespeare stand-in and the six two-class tasks are the same stand-in task '
-        '(comedy vs tragedy) on different slices, which flatters transfer between tasks; see the data section.']
-    return notes
+        'Without the parquet mirror every task is a Shakespeare stand-in and the six two-class tasks are the same stand-in task (comedy vs '
+        'tragedy) on different slices, which flatters transfer between tasks.']
 
 SCORE_MARGIN = 0.01  # "not worse than plain BO by more than" this much test accuracy
 TRIALS_RATIO = 1 / 3  # issue 4's goal: at most a third of plain BO's trials
 
 def headroom_gate() -> Gate:
     "Gate: random search needs at least `HEADROOM_MIN` expected trials to get within tolerance (median over held-out tasks)."
-    return gate_mean('headroom_trials', 'random', '>=', HEADROOM_MIN,
-                     f'headroom: random search needs >= {HEADROOM_MIN} expected trials to get within {TOL:.0%} of the best '
-                     'configuration ((N+1)/(K+1) for K of N configurations within tolerance; median over held-out tasks)')
+    return gate_mean('headroom_trials', 'random', '>=', HEADROOM_MIN, f'headroom: random search needs >= {HEADROOM_MIN} expected trials to get '
+                     f'within {TOL:.0%} of the best configuration ((N+1)/(K+1) for K of N configurations within tolerance; median over held-out tasks)')
 
 def _claims() -> list:
-    tol, room = f'{TOL:.0%}', headroom_gate()
-    return [Claim('third-of-trials', f'warm-started BO reaches within {tol} of the best known configuration in at most '
-                  f'{TRIALS_RATIO:.3g} x the trials plain BO needs (mean over held-out tasks)', 'trials_to_1pct', 'metabo',
-                  TRIALS_RATIO, '<', 'ratio', source='issue 4', gate=room),
-            Claim('fewer-than-bo', f'warm-started BO needs fewer trials than plain BO to get within {tol}', 'trials_to_1pct',
-                  'metabo', 0.0, '<', 'diff', source='study plan', family='primary', gate=room),
-            Claim('fewer-than-random', f'warm-started BO needs fewer trials than random search to get within {tol}',
-                  'trials_to_1pct', 'metabo', 0.0, '<', 'diff', vs='random', source='study plan', family='primary', gate=room),
+    tol, room, plan = f'{TOL:.0%}', headroom_gate(), dict(source='study plan', family='primary')
+    return [Claim('third-of-trials', f'warm-started BO reaches within {tol} of the best known configuration in at most {TRIALS_RATIO:.3g} x '
+                  'the trials plain BO needs (mean over held-out tasks)', 'trials_to_1pct', 'metabo', TRIALS_RATIO, '<', 'ratio', source='issue 4', gate=room),
+            Claim('fewer-than-bo', f'warm-started BO needs fewer trials than plain BO to get within {tol}', 'trials_to_1pct', 'metabo', 0.0,
+                  '<', 'diff', gate=room, **plan),
+            Claim('fewer-than-random', f'warm-started BO needs fewer trials than random search to get within {tol}', 'trials_to_1pct', 'metabo',
+                  0.0, '<', 'diff', vs='random', gate=room, **plan),
             Claim('score-not-worse', f"warm-started BO's final test accuracy is not worse than plain BO's by more than {SCORE_MARGIN:g}",
-                  'final_test_accuracy', 'metabo', -SCORE_MARGIN, '>', 'diff', source='study plan', family='primary', gate=room),
-            Claim('bo-beats-random', 'plain BO needs fewer trials than random search (sanity)', 'trials_to_1pct', 'bo', 0.0,
-                  '<', 'diff', vs='random', source='sanity', gate=room)]
+                  'final_test_accuracy', 'metabo', -SCORE_MARGIN, '>', 'diff', gate=room, **plan),
+            Claim('bo-beats-random', 'plain BO needs fewer trials than random search (sanity)', 'trials_to_1pct', 'bo', 0.0, '<', 'diff',
+                  vs='random', source='sanity', gate=room)]
 
-def spec(profile:str='quick') -> Spec:
+def spec(profile:str='quick') -> Spec: # one of `PROFILES`
     "Meta-learned warm-started BO vs plain BO vs random search, leave-one-task-out."
     p = task_params(profile)
-    return Spec('metabo', 'Does Bayesian optimisation warm-started by a meta-model learned on similar tasks reach good '
-                'hyperparameters in fewer trials than plain BO and random search?',
-                {a: _arm_params(profile, a) for a in ('bo', 'metabo', 'random')}, 'bo', METRICS, _claims(),
-                fit, plan='001_d0cb9ca2dc222f61.txt',
-                datasets=[(t, s, None) for t in p['tasks'] for s in ('train', HELD_OUT_SPLIT[t]) if s],
-                notes=_notes(profile, p), sections=sections,
+    return Spec('metabo', 'Does Bayesian optimisation warm-started by a meta-model learned on similar tasks reach good hyperparameters in '
+                'fewer trials than plain BO and random search?', {a: _arm_params(profile, a) for a in ('bo', 'metabo', 'random')}, 'bo',
+                METRICS, _claims(), fit, plan='001_d0cb9ca2dc222f61.txt', notes=_notes(profile, p), sections=sections,
+                datasets=[(t, s, None) for t in p['tasks'] for s in ('train', HELD_OUT_SPLIT[t]) if s], tradeoff=('trials_to_1pct', 'final_test_accuracy'),
                 default_seeds=10, # each cell replays cached tables: cheap
-                tradeoff=('trials_to_1pct', 'final_test_accuracy'),
                 version=2)  # 2: tolerance in params, headroom per task (metric headroom_trials), sizes scaled to the data
 
 # %% ../../nbs/20_metabo.ipynb #c040
-def _regret_matrix(records, arm, task=None):
-    "Runs x trials regret, for one arm (one task, or the mean over tasks per run)."
-    rows = []
-    for r in records:
-        if r['arm'] != arm: continue
-        c = r['series']['curves']
-        if task is not None: rows += c[task]
-        else: rows += list(np.mean([np.asarray(c[t]) for t in c], axis=0))
-    return np.asarray(rows, float)
-
-def regret_figure(records, arms=ARMS):
-    "Normalised regret vs trial: mean ± SEM over runs, averaged over tasks, and one panel per task."
-    from matplotlib.figure import Figure
-    tasks = list(records[0]['series']['curves'])
-    ncols = 4; nrows = 1 + math.ceil(len(tasks) / ncols)
-    fig = Figure(figsize=(4 * ncols, 2.8 * nrows))
-    panels = [(None, fig.add_subplot(nrows, 1, 1))] + [(t, fig.add_subplot(nrows, ncols, ncols + i + 1)) for i, t in enumerate(tasks)]
-    for task, ax in panels:
-        for arm in arms:
-            m = _regret_matrix(records, arm, task)
-            if not len(m): continue
-            mu, se = m.mean(0), m.std(0, ddof=1) / np.sqrt(len(m)) if len(m) > 1 else np.zeros(m.shape[1])
-            x = np.arange(1, m.shape[1] + 1)
-            ax.plot(x, mu, label=f'{arm} (n={len(m)})'); ax.fill_between(x, mu - se, mu + se, alpha=0.25)
-        ax.set_title('mean over held-out tasks' if task is None else task, fontsize=10)
-        ax.set_xlabel('trial'); ax.set_ylabel('normalised regret'); ax.grid(alpha=0.3)
-        if task is None: ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def sections(records:list, # the technique's stored records
-             table, # its results table
-            ) -> list:
-    "Technique-specific report sections."
+def sections(records:list, table) -> list: # the technique's stored records; its results table (arm, seed, metric, value)
+    "Regret curves, trials to target per task, the warm starts and the optimiser's overhead."
     import pandas as pd
-    from lwstudy.report import esc, fig_to_img, fmt, html_table
+    from matplotlib.figure import Figure
+    from lwstudy.report import esc, fig_to_img, fmt, html_table, seed_curves
     if not records: return []
-    tol = records[0]['params'].get('tol', TOL)
+    tol, tasks = records[0]['params']['tol'], list(records[0]['series']['per_task'])
     arms = [a for a in ARMS if any(r['arm'] == a for r in records)]
+    fig = Figure(figsize=(16, 2.8 * (nrows := 1 + math.ceil(len(tasks) / 4))))  # the mean over tasks, then four tasks a row
+    for i, (key, title) in enumerate([('regret', 'mean over held-out tasks')] + [(f'regret_{t}', t) for t in tasks]):
+        ax = fig.add_subplot(nrows, 1, 1) if i == 0 else fig.add_subplot(nrows, 4, 4 + i)
+        seed_curves(records, key, ax, 'normalised regret', 'trial', arms=arms).set_title(title, fontsize=10)
+    fig.tight_layout()
     out = [('Regret vs trial', '<p class="muted">Normalised regret (best known − best so far) / (best known − worst) on the '
-            'validation slice; lines: mean over runs (runner seeds × repetitions), bands: ± SEM. Plain BO and random search share '
-            'their first 10 proposals (same seed, same random start).</p>' + fig_to_img(regret_figure(records, arms)))]
-    rows, tasks = [], list(records[0]['series']['per_task'])
-    for t in tasks:
-        row = dict(task=t)
-        for a in arms:
-            v = [r['series']['per_task'][t] for r in records if r['arm'] == a]
-            tt = np.array([x['trials_to_1pct'] for x in v])
-            row[f'{a}: trials to {tol:.0%}'] = f"{fmt(tt.mean(), 3)} ± {fmt(tt.std(ddof=1) / np.sqrt(len(tt)) if len(tt) > 1 else float('nan'), 2)}"
-            row[f'{a}: hit rate'] = fmt(np.mean([x['hit_1pct'] for x in v]), 3)
-            row[f'{a}: test acc'] = fmt(np.mean([x['test_accuracy'] for x in v]), 3)
-        v0 = next(r['series']['per_task'][t] for r in records)
-        row.update(best_val=fmt(v0['best_val'], 3), worst_val=fmt(v0['worst_val'], 3), configs_N=v0.get('n_configs', ''),
-                   within_tolerance_K=v0['n_within_1pct'], random_expected_trials=fmt(v0.get('random_expected_trials', float('nan')), 3),
-                   best_test=fmt(v0['best_test'], 3))
-        rows.append(row)
-    n_runs = {a: sum(len(r['series']['curves'][tasks[0]]) for r in records if r['arm'] == a) for a in arms}
-    warn = ''.join(f'<div class="warn">Arm {esc(a)} has only {n} optimiser runs per task (fewer than 10).</div>' for a, n in n_runs.items() if n < 10)
-    out.append((f'Trials to within {tol:.0%} per held-out task', warn + f'<p class="muted">Runs per task and arm: '
-                f"{esc(', '.join(f'{a} {n}' for a, n in n_runs.items()))}. Mean ± SEM over runner seeds of the per-seed mean; misses "
-                'count as budget + 1. Headroom: N configurations, K of them within tolerance, random search needs (N+1)/(K+1) '
-                f'trials on average; the claims on trials need the median over tasks >= {HEADROOM_MIN}.</p>' + html_table(pd.DataFrame(rows))))
-    cache = records[0]['series']['cache']
-    ct = pd.DataFrame([dict(task=t, source=c['source'], configs=c['n_configs'], feature_s=round(c['feature_s'], 1),
-                            build_s=round(c['build_s'], 1)) for t, c in cache.items()])
-    out.append(('Evaluation cache', f"<p>Building every table from nothing took {fmt(sum(c['build_s'] for c in cache.values()), 4)} s "
-                '(feature extraction + every grid evaluation, summed over tasks, as measured when each was computed).</p>' + html_table(ct)))
-    wl = next((r['series']['warm'] for r in records if r['arm'] == 'metabo' and r['series'].get('warm')), None)
-    if wl:
-        wt = []
-        for t, props in wl.items():
-            allp = [p for r in records if r['arm'] == 'metabo' for p in r['series']['warm'][t]]
-            wt.append(dict(task=t, warm_start_seed0=' '.join(''.join(map(str, c)) for c in props[0]['configs']),
-                           true_val_accuracy=' '.join(f'{v:.3f}' for v in props[0]['true_val']),
-                           best_val_known=fmt(records[0]['series']['per_task'][t]['best_val'], 3),
-                           warm_regret_mean=fmt(np.mean([p['regret'] for p in allp]), 3),
-                           warm_within_1pct=fmt(np.mean([p['regret'] == 0 or max(p['true_val']) >= (1 - tol) * records[0]['series']['per_task'][t]['best_val'] - 1e-12 for p in allp]), 3),
-                           distinct_warm_sets=len({str(p['configs']) for p in allp})))
+            "validation slice; lines: mean over runner seeds of each cell's mean over its runs, bands: min-max over seeds. "
+            f'Plain BO and random search share their first {N_STARTUP} proposals (same seed, same random start).</p>' + fig_to_img(fig))]
+    g = pd.DataFrame([dict(task=t, arm=r['arm'], **v) for r in records for t, v in r['series']['per_task'].items()]).groupby(['task', 'arm'])
+    pt = g.mean(numeric_only=True).reindex(columns=['trials_to_1pct', 'hit_1pct', 'test_accuracy', 'best_val', 'worst_val', 'best_test',
+            'n_configs', 'n_within_1pct', 'random_expected_trials', 'build_s'])  # the last six are properties of the task's table: the same in every cell
+    pt.insert(1, 'trials_sem', g.trials_to_1pct.sem())
+    pt = pt.reindex(pd.MultiIndex.from_product([tasks, arms], names=['task', 'arm'])).reset_index().round(3)
+    n_runs = {a: sum(r['params']['reps'] for r in records if r['arm'] == a) for a in arms}
+    out.append((f'Trials to within {tol:.0%} per held-out task', f'<p class="muted">Runs per task and arm: '
+                f"{esc(', '.join(f'{a} {n}' for a, n in n_runs.items()))}. Trials: mean and SEM over runner seeds of the per-seed mean; "
+                'misses count as budget + 1. Headroom: n_configs = N, n_within_1pct = K, random search needs (N+1)/(K+1) trials on average; '
+                f'the claims on trials need the median over tasks >= {HEADROOM_MIN}. build_s: seconds the table took to build from nothing '
+                f'(features + every evaluation, as measured then; {fmt(pt.groupby("task").build_s.first().sum(), 4)} s for all tasks).</p>' + html_table(pt)))
+    w = pd.DataFrame([dict(task=t, seed=r['seed'], configs=' '.join(''.join(map(str, c)) for c in p['configs']), regret=p['regret'],
+                           within=p.get('within'), true_val=' '.join(f'{v:.3f}' for v in p['true_val']))
+                      for r in records if r['arm'] == 'metabo' for t, ps in r['series'].get('warm', {}).items() for p in ps])
+    if len(w):
+        g, first = w.groupby('task', sort=False), w.sort_values('seed', kind='stable').groupby('task', sort=False).first()
+        wt = pd.DataFrame(dict(warm_start_first_seed=first.configs, true_val_accuracy=first.true_val, warm_regret_mean=g.regret.mean(),
+                               warm_within_tol=g.within.mean(), distinct_warm_sets=g.configs.nunique()))
         out.append(('Warm start proposals', '<p class="muted">The meta-model\'s warm start for each held-out task (grid indices of '
                     'lr, batch size, epochs, dropout, warmup, e.g. 20100) at the first seed, their true validation accuracy in the '
                     'held-out table (never shown to the meta-model), the normalised regret of the best of them and the fraction of '
-                    f'runs whose warm start alone is within {tol:.0%}, over all seeds.</p>' + html_table(pd.DataFrame(wt))))
+                    f'runs whose warm start alone is within {tol:.0%}, over all seeds.</p>' + html_table(wt.reset_index().round(3))))
     ov = table[table.metric.isin(['overhead_s', 'meta_fit_s'])].groupby(['arm', 'metric']).value.mean().unstack()
     out.append(('Optimiser overhead', '<p class="muted">Seconds per optimiser run (mean over seeds).</p>' + html_table(ov.reset_index().round(4))))
     return out
