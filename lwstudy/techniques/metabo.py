@@ -404,7 +404,7 @@ def spec(profile:str='quick') -> Spec: # one of `PROFILES`
                 METRICS, _claims(), fit, plan='001_d0cb9ca2dc222f61.txt', notes=_notes(profile, p), sections=sections,
                 datasets=[(t, s, None) for t in p['tasks'] for s in ('train', HELD_OUT_SPLIT[t]) if s], tradeoff=('trials_to_1pct', 'final_test_accuracy'),
                 default_seeds=10, # each cell replays cached tables: cheap
-                version=2)  # 2: tolerance in params, headroom per task (metric headroom_trials), sizes scaled to the data
+                version=3)  # 3: warm-up without the zero-LR first step (train.WarmupLinear); 2: tolerance in params, headroom per task
 
 # %% ../../nbs/20_metabo.ipynb #c040
 def sections(records:list, table) -> list: # the technique's stored records; its results table (arm, seed, metric, value)
