@@ -1,12 +1,14 @@
 """The sparse technique across modules: the kernel bench (bench/sparse.py) and what the report shows of its saved output, the
 report sections on a results table, the claims' gate, a dryrun cell, and a smoke study."""
-import importlib.util, json
+import importlib.util, json, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
 from lwstudy.core import project_root
 from lwstudy.techniques import sparse as S
+
+warnings.filterwarnings('ignore', message='.*Sparse.*')
 
 
 def _bench():
