@@ -5,17 +5,88 @@ sparsity (50-95%) and representation (CSR for unstructured, BSR for b x b blocks
 best-of-N time of the dense `F.linear` and of the `torch.sparse` product, the speed-up (dense / sparse), and the peak tensor
 memory of each (weight storage + what the product allocates). Then the break-even sparsity per shape and representation.
 `--train` adds a forward+backward comparison for CSR, the one representation PyTorch's CPU kernels can train through.
-Results are saved to results/bench/sparse.json (read by the `sparse` report).
+Results are saved to results/bench/sparse.json (rows and break-even sparsities) and results/bench/sparse.png (the speed-up
+figure); the `sparse` report shows both as saved.
 
 Run under the CPU lock: flock /tmp/lwstudy-cpu.lock python bench/sparse.py
 """
-import argparse, datetime as dt, json, time, warnings
+import argparse, datetime as dt, io, json, math, time, warnings
 import torch
 import torch.nn.functional as F
 from lwstudy.core import atomic_write, device_name, make_generator, project_root
-from lwstudy.measure import time_it
-from lwstudy.techniques.sparse import (BENCH_JSON, break_even, kernel_sweep, layer_shapes, make_mask, sizes,
-                                       to_sparse_kernel)
+from lwstudy.measure import peak_memory_mb, time_it
+from lwstudy.techniques.sparse import BENCH_JSON, BENCH_PNG, SPEED_GOAL, make_mask, rep_name, sizes, to_sparse_kernel
+
+
+def layer_shapes(params:dict, # an arm's params or `sizes(profile)`
+                ) -> list[tuple[str, int, int, int]]:
+    "(name, out, in, columns) of the sparse matrix products in the two models of `params` at their inference batch."
+    c, t = params['parts']['cnn'], params['parts']['tf']
+    w, h, side, b = c['widths'], c['hidden'], c['img_size'], c['infer_batch']  # SmallCNN halves the side per block
+    n, d, ff = t['infer_batch'] * t['seq_len'], t['d'], t['ff']
+    return [('cnn conv2 im2col', w[1], w[0] * 9, b * (side // 2) ** 2), ('cnn conv3 im2col', w[2], w[1] * 9, b * (side // 4) ** 2),
+            ('cnn fc1', h, w[2] * (side // 8) ** 2, b), ('tf qkv', 3 * d, d, n), ('tf ff1', ff, d, n), ('tf ff2', d, ff, n)]
+
+
+def _kernel_mb(k) -> float: return sum(t.numel() * t.element_size() for t in (k.crow_indices(), k.col_indices(), k.values())) / 1e6
+
+
+def kernel_sweep(shapes:list, # (name, out, in, columns) as `layer_shapes` gives
+                 sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), # levels swept
+                 blocks=(1, 4, 16, 32, 64), # 1 = CSR, b = BSR b x b (skipped where b does not tile the shape)
+                 repeats:int=5, # timed runs; the minimum is kept
+                 memory:bool=True, # also measure peak memory (weight storage + what the product allocates)
+                 seed:int=0, # weights, inputs and masks
+                ) -> list[dict]:
+    "Time (ms) and peak memory (MB) of dense `F.linear` vs sparse `(W @ x.T).T` for each shape, sparsity and block."
+    rows, gen = [], make_generator(seed, stream=31)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for name, o, i, n in shapes:
+            w, x = torch.randn(o, i, generator=gen), torch.randn(n, i, generator=gen)
+            dense = lambda: F.linear(x, w)
+            d_ms = time_it(dense, 1, repeats)['min_s'] * 1e3  # the minimum: least disturbed by other work on a shared CPU
+            d_mb = peak_memory_mb(dense) + w.numel() * 4 / 1e6 if memory else float('nan')
+            for s in sparsities:
+                for b in blocks:
+                    if o % b or i % b: continue
+                    k = to_sparse_kernel(w, make_mask(o, i, s, b, gen), b)
+                    f = lambda: (k @ x.T).T
+                    ms = time_it(f, 1, repeats)['min_s'] * 1e3
+                    rows.append(dict(shape=name, out=o, inp=i, cols=n, sparsity=s, rep=rep_name(b), dense_ms=d_ms, sparse_ms=ms,
+                                     speedup=d_ms / ms, dense_mb=d_mb, sparse_mb=peak_memory_mb(f) + _kernel_mb(k) if memory else float('nan')))
+    return rows
+
+
+def break_even(rows:list[dict]) -> dict:
+    "Per (shape, representation): the lowest swept sparsity from which the sparse product is at least as fast as dense at every higher swept level, or None."
+    out = {}
+    for r in sorted(rows, key=lambda r: r['sparsity']):
+        key = (r['shape'], r['rep'])
+        if r['speedup'] < 1: out[key] = None
+        elif out.get(key) is None: out[key] = r['sparsity']
+    return out
+
+
+def sweep_figure(rows:list[dict], # `kernel_sweep` rows (as bench/sparse.py saves them)
+                 title:str, # the figure's title
+                ):
+    "Speed-up (dense / sparse time) vs sparsity, one panel per shape, one line per representation."
+    from matplotlib.figure import Figure
+    shapes = list(dict.fromkeys(r['shape'] for r in rows))
+    cols = min(3, len(shapes)); nr = math.ceil(len(shapes) / cols)
+    fig = Figure(figsize=(4.3 * cols, 3.2 * nr))
+    for k, sh in enumerate(shapes):
+        ax = fig.add_subplot(nr, cols, k + 1)
+        sub = [r for r in rows if r['shape'] == sh]
+        for rep in dict.fromkeys(r['rep'] for r in sub):
+            ax.plot(*zip(*sorted((r['sparsity'], r['speedup']) for r in sub if r['rep'] == rep)), marker='o', label=rep)
+        ax.axhline(1, color='k', lw=1, ls='--'); ax.axhline(SPEED_GOAL, color='g', lw=1, ls=':')
+        ax.set_title(f"{sh}\n{sub[0]['out']}x{sub[0]['inp']} @ {sub[0]['cols']} cols", fontsize=9)
+        ax.set_xlabel('sparsity'); ax.set_ylabel('speed-up vs dense'); ax.set_yscale('log'); ax.grid(alpha=0.3)
+        if k == 0: ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10); fig.tight_layout()
+    return fig
 
 
 def train_rows(shapes, sparsities, repeats):
@@ -67,9 +138,9 @@ def main(argv=None):
                 hit = [r for r in sub if r['rep'] == rep and r['sparsity'] == s]
                 if hit: h = hit[0]; cells.append(f"{h['sparse_ms']:8.2f} ms {h['speedup']:5.2f}x {h['sparse_mb'] / h['dense_mb']:4.2f}mem")
             print(f'  {s:8.0%} | ' + ' | '.join(f'{c:>26s}' for c in cells))
-    print('\nbreak-even (lowest swept sparsity where sparse time <= dense time):')
-    for (shape, rep), v in break_even(rows).items():
-        print(f"  {shape:18s} {rep:10s} {'none up to ' + format(max(sp), '.0%') if v is None else format(v, '.0%')}")
+    be = [f"{shape} / {rep}: " + (f'no break-even up to {max(sp):.0%}' if v is None else f'breaks even at {v:.0%}')
+          for (shape, rep), v in break_even(rows).items()]
+    print('\nbreak-even (lowest swept sparsity from which sparse time <= dense time):\n  ' + '\n  '.join(be))
     best = max(rows, key=lambda r: r['speedup'])
     print(f"\nbest speed-up: {best['speedup']:.2f}x ({best['shape']}, {best['rep']}, {best['sparsity']:.0%})")
     trows = []
@@ -80,12 +151,15 @@ def main(argv=None):
         for r in trows:
             print(f"  {r['shape']:8s} {r['sparsity']:4.0%}: dense {r['dense_ms']:8.2f} ms, CSR {r['csr_ms']:8.2f} ms, speed-up {r['speedup']:.2f}x")
     print(f'\n{time.perf_counter() - t0:.0f} s')
-    if not a.no_save:
-        out = atomic_write(project_root()/BENCH_JSON,  # the report never reads half a file
+    if not a.no_save:  # atomic writes: the report never reads half a file
+        png = io.BytesIO()
+        sweep_figure(rows, 'bench/sparse.py saved sweep').savefig(png, format='png', dpi=110, bbox_inches='tight')
+        fig = atomic_write(project_root()/BENCH_PNG, png.getvalue())
+        out = atomic_write(project_root()/BENCH_JSON,
                            json.dumps(dict(when=f'{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC', device=device_name('cpu'),
-                                           torch=torch.__version__, profile=a.profile, repeats=a.repeats, rows=rows, train_rows=trows),
-                                      indent=1))
-        print(f'saved {out}')
+                                           torch=torch.__version__, profile=a.profile, repeats=a.repeats, rows=rows, train_rows=trows,
+                                           break_even=be), indent=1))
+        print(f'saved {out} and {fig}')
 
 
 if __name__ == '__main__':
