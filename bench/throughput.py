@@ -56,9 +56,9 @@ def _mlm(cfg, attn, batch, T):
 
 def _sparse_tf(batch):
     from lwstudy.techniques.sparse import TextEncoder, sizes
-    s = sizes('quick'); torch.manual_seed(0)
-    model = TextEncoder(s['tf_vocab'], s['tf_d'], s['tf_heads'], s['tf_ff'], s['tf_layers'], s['tf_seq_len']).train()
-    ids = torch.randint(1, s['tf_vocab'], (s['tf_batch_size'], s['tf_seq_len'])); y = torch.randint(0, 2, (len(ids),))
+    s = sizes('quick')['parts']['tf']; torch.manual_seed(0)
+    model = TextEncoder(s['vocab'], s['d'], s['heads'], s['ff'], s['layers'], s['seq_len']).train()
+    ids = torch.randint(1, s['vocab'], (s['batch_size'], s['seq_len'])); y = torch.randint(0, 2, (len(ids),))
     return model, lambda m: F.cross_entropy(m(ids).float(), y)
 
 def _minilm(batch, T):
@@ -84,8 +84,9 @@ def transformer_cases():
     out = [(f"attention MLM {attn} d{a['dim']} L{a['n_layers']} T{a['seq_len']} b{a['batch_size']}",
             lambda attn=attn: _mlm(cfg, attn, a['batch_size'], a['seq_len'])) for attn in ('sdpa', 'lw_blockpool', 'lw_linear')]
     if REF: out.append(("ref: attention MLM sdpa d256 L4 T512 b16", lambda: _mlm(ref, 'sdpa', 16, 512)))
-    out.append((f"sparse Transformer d{s['tf_d']} L{s['tf_layers']} T{s['tf_seq_len']} b{s['tf_batch_size']}",
-                lambda: _sparse_tf(s['tf_batch_size'])))
+    t = s['parts']['tf']
+    out.append((f"sparse Transformer d{t['d']} L{t['layers']} T{t['seq_len']} b{t['batch_size']}",
+                lambda: _sparse_tf(t['batch_size'])))
     out.append(("MiniLM-L6 fine-tune T64 b32", lambda: _minilm(32, 64)))
     return out
 
@@ -93,12 +94,13 @@ def cnn_cases():
     from lwstudy.models import SmallCNN, resnet18, resnet50
     from lwstudy.techniques import calibration, distill, sparse, uncertainty_lr
     c, v = calibration.task_params('quick'), distill.task_params('quick')
-    s, u = sparse.sizes('quick'), uncertainty_lr.task_params('quick')['cifar10']
+    s, u = sparse.sizes('quick')['parts']['cnn'], uncertainty_lr.task_params('quick')['cifar10']
     return [
         (f"calibration SmallCNN {tuple(c['widths'])} b{c['batch_size']} 32x32",
          lambda: _image(lambda: SmallCNN(10, widths=tuple(c['widths'])), c['batch_size'], 32)),
-        (f"sparse SmallCNN {tuple(s['cnn_widths'])} b{s['batch_size']} 32x32",
-         lambda: _image(lambda: SmallCNN(10, widths=tuple(s['cnn_widths']), hidden=s['cnn_hidden']), s['batch_size'], 32)),
+        (f"sparse SmallCNN {tuple(s['widths'])} b{s['batch_size']} {s['img_size']}x{s['img_size']}",
+         lambda: _image(lambda: SmallCNN(10, widths=tuple(s['widths']), hidden=s['hidden'], img_size=s['img_size']),
+                        s['batch_size'], s['img_size'])),
         (f"distill ResNet-18 w{v['vision_width']} b{v['vision_batch_size']} {v['vision_image_size']}px",
          lambda: _image(lambda: resnet18(10, v['vision_width']), v['vision_batch_size'], v['vision_image_size'])),
         (f"distill ResNet-50 teacher w{v['vision_width']} b{v['vision_batch_size']} {v['vision_image_size']}px",
