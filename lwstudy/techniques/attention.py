@@ -16,7 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from .. import data
 from ..core import by_profile, current_device, make_generator
 from ..measure import count_flops, peak_memory_mb, require_memory, time_it
-from ..models import bert_tokenizer, count_params, distilbert_mlm, load_pretrained
+from ..models import bert_tokenizer, count_params, distilbert_mlm
 from ..report import esc, fig_to_img, html_table, seed_curves
 from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate_mean
 from ..train import WarmupLinear, autocast, make_loader, resolve_precision, train
@@ -466,12 +466,12 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
     arms = {a: dict(b, attn=impl) for a, impl in ARM_NAMES.items()}
     notes = [
         f"Model: DistilBertForMaskedLM, dim {b['dim']}, {b['n_layers']} layers, {b['n_heads']} heads, FFN {b['hidden_dim']}, "
-        f"{b['max_len']} positions, hidden dropout 0.1, attention dropout {b['attn_dropout']} (with it, CPU SDPA falls back to "
-        "the T x T math kernel), trained from scratch in every profile (full: distilbert-base-uncased's shape without its "
-        "weights, which were trained for softmax attention and would favour SDPA).",
-        f"Training: {b['max_steps']} steps of batch {b['batch_size']} x {b['seq_len']} tokens, AdamW lr {b['lr']} (rescaled from the "
-        f"plan's fine-tuning 3e-5 for training from scratch), warm-up {b['warmup']} steps then linear decay, betas 0.9/0.999, eps "
-        "1e-8, weight decay 0.01; the same initialisation for every arm, data order and training masks from the seed only.",
+        f"{b['max_len']} positions, hidden dropout 0.1, attention dropout {b['attn_dropout']} (with it CPU SDPA falls back to the "
+        "T x T math kernel), trained from scratch in every profile (full: distilbert-base-uncased's shape without its weights, "
+        "which were trained for softmax attention and would favour SDPA).",
+        f"Training: {b['max_steps']} steps of batch {b['batch_size']} x {b['seq_len']} tokens, AdamW lr {b['lr']} (the plan's 3e-5 "
+        f"is for fine-tuning; rescaled for training from scratch), warm-up {b['warmup']} steps then linear decay, betas "
+        "0.9/0.999, eps 1e-8, weight decay 0.01; one initialisation for every arm, data order and training masks from the seed.",
         f"Precision: training and the PTB scores in the policy {b['precision']!r} for the run's device (bf16 autocast on CPUs with "
         "native bf16 and on CUDA, else fp32; recorded as precision_used), the same for every arm; cost measurements in fp32.",
         "Training text: smoke/quick WikiText-2 train from the Hub, else the mirror's wikitext-2-v1 validation + wikitext-2-raw-v1 "
@@ -481,17 +481,17 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
         f"{b['n_eval'] or 'all'}; {MASK_RATE:.0%} of non-special tokens set to [MASK] with seed {EVAL_MASK_SEED} for every arm "
         "and seed; perplexity = exp(mean masked-token cross-entropy), accuracy = top-1. Training masks BERT's way (80/10/10).",
         f"blockpool: block max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(b['seq_len'])} at T={b['seq_len']}, "
-        f"{block_size_for(b['long_len'])} at T={b['long_len']}); the backward recomputes the attention scores.",
+        f"{block_size_for(b['long_len'])} at T={b['long_len']}); its backward recomputes the attention scores.",
         f"Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions) at T={b['long_len']}, batch "
         f"{b['long_batch']}, one warm-up then the median of {b['repeats']} timed run(s) per cell, the seeds being the repeats "
         "(quick used 2 before spec version 2). Peak memory and FLOPs do not depend on the weights: measured once per process "
-        "and configuration, on a fresh model of the arm (and of eager attention). Peak memory counts the tensors operators "
-        "return: a fused kernel's internal scratch is invisible (for CPU flash-SDPA per-thread tiles, not T x T).",
+        "and configuration on a fresh model of the arm (and of eager attention). Peak memory counts the tensors operators return "
+        "(a fused kernel's internal scratch is invisible: for CPU flash-SDPA per-thread tiles, not T x T).",
         f"Gate of every perplexity claim (else 'uninformative'): {QUALITY_GATE.text}. Unigram model: add-alpha token frequencies "
         f"of the training windows, alpha from {UNIGRAM_ALPHAS} chosen on PTB validation, scored on the same masked PTB test "
         "positions; a model that learnt only frequencies predicts one token everywhere and scores near 1x.",
         "Primary claims (the plan's hypotheses): " + ', '.join(c.id for c in _claims() if c.family == 'primary') +
-        "; the others are exploratory. The sequence-length sweep below is bench/attention.py's saved output, shown with its date.",
+        "; the others are exploratory. The sequence-length sweep is bench/attention.py's saved output, shown with its date.",
     ] + ([f"dryrun: full's model and seq_len on {b['n_train']} windows ({b['max_steps']} steps of batch {b['batch_size']}), "
           f"{b['n_eval']} evaluation windows, the cost step on {b['long_batch']} x {b['long_len']} tokens (full: "
           f"{full['long_batch']} x {full['long_len']}); checks the code path and memory estimates, its numbers mean nothing."]
