@@ -27,14 +27,14 @@ def build(arm: str):
 def measure(arm: str, T: int, batch: int, repeats: int) -> dict:
     "fwd time (eval, no grad), fwd+bwd time (train), fwd+bwd peak tensor memory, forward FLOPs."
     from lwstudy.measure import count_flops, peak_memory_mb, time_it
-    from lwstudy.techniques.attention import _long_batch, forward_fn, train_step_fn
+    from lwstudy.techniques.attention import _long_batch, cost_step
     model = build(arm)
     b = _long_batch(model.config.vocab_size, T, batch)
     model.eval()
-    fwd = time_it(forward_fn(model, b), warmup=1, repeats=repeats)['median_s']
-    flops = count_flops(forward_fn(model, b))
+    fwd = time_it(cost_step(model, b, backward=False), warmup=1, repeats=repeats)['median_s']
+    flops = count_flops(cost_step(model, b, backward=False))
     model.train()
-    step = train_step_fn(model, b)
+    step = cost_step(model, b)
     fb = time_it(step, warmup=1, repeats=repeats)['median_s']
     mem = peak_memory_mb(step)
     ids = b[0]
@@ -53,9 +53,9 @@ def _status(field: str) -> float:
 
 def rss_child(arm: str, T: int, batch: int):
     "In a fresh process: peak RSS growth (MB) of one fwd+bwd step over the RSS after building model and batch."
-    from lwstudy.techniques.attention import _long_batch, train_step_fn
+    from lwstudy.techniques.attention import _long_batch, cost_step
     model = build(arm).train()
-    step = train_step_fn(model, _long_batch(model.config.vocab_size, T, batch))
+    step = cost_step(model, _long_batch(model.config.vocab_size, T, batch))
     with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM) to the current RSS
     base = _status('VmRSS:')
     step()
@@ -69,10 +69,62 @@ def rss(arm: str, T: int, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+RECORDED: list = []  # what the 'lw_record' attention saw
+
+
+def _record(module, q, k, v, key_mask, scaling, dropout):
+    "Exact attention that keeps its q, k, v (so the activations downstream are the real ones)."
+    from lwstudy.techniques.attention import softmax_attention
+    RECORDED.append((q.detach(), k.detach(), v.detach(), key_mask, scaling))
+    return softmax_attention(q, k, v, key_mask, scaling)
+
+
+@torch.no_grad()
+def record_qkv(texts: list, T: int = 512, n_seqs: int = 2) -> list:
+    "(q, k, v, mask, scaling) of every layer of all-MiniLM-L6-v2 on `n_seqs` windows of `T` tokens of `texts` (joined)."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    from lwstudy.models import load_pretrained
+    from lwstudy.techniques.attention import _hf, _key_padding_mask, _tokenizer, _wrap
+    AttentionInterface.register('lw_record', _hf(_record)); AttentionMaskInterface.register('lw_record', _key_padding_mask)
+    ids = torch.tensor(_tokenizer()(' '.join(texts), add_special_tokens=False)['input_ids'][:n_seqs * (T - 2)])
+    model = load_pretrained('minilm', attn_implementation='lw_record')
+    RECORDED.clear(); model(input_ids=_wrap(ids.view(n_seqs, T - 2)))
+    out = list(RECORDED); RECORDED.clear()
+    return out
+
+
+def approximation_errors(recorded: list, blocks=(32, 64, 128, 256)):
+    "Relative error vs exact attention (mean/min/max over layers) of blockpool per block, block-local only, linear, uniform."
+    import pandas as pd
+    from lwstudy.techniques.attention import blockpool_attention, linear_attention, softmax_attention
+    rows = []
+    for layer, (q, k, v, mask, sc) in enumerate(recorded):
+        exact = softmax_attention(q, k, v, mask, sc)
+        err = lambda method, o: rows.append(dict(layer=layer, method=method, rel_error=float((o - exact).norm() / exact.norm())))
+        for b in blocks:
+            err(f'blockpool b={b} ({q.shape[2] // b} blocks)', blockpool_attention(q, k, v, mask, sc, b))
+            err(f'local only b={b}', blockpool_attention(q, k, v, mask, sc, b, far=False))
+        err('elu+1 linear', linear_attention(q, k, v, mask))
+        err('uniform (mean of v)', v.mean(-2, keepdim=True).expand_as(v))
+    return pd.DataFrame(rows).groupby('method', sort=False).rel_error.agg(['mean', 'min', 'max']).reset_index()
+
+
+def approx_record(T: int = 512, n_seqs: int = 2, blocks=(32, 64, 128, 256), profile: str = 'quick') -> dict:
+    "`approximation_errors` on MiniLM's activations over WikiText-2 test (`profile`: where it comes from), with its source."
+    from lwstudy import data
+    from lwstudy.techniques.attention import lm_texts
+    data.sources_used(reset=True)
+    rec = record_qkv(lm_texts('wikitext', 'test', profile, 'wikitext-2-raw-v1'), T=T, n_seqs=n_seqs)
+    errs = approximation_errors(rec, blocks=blocks)
+    src = data.sources_used(reset=True)[-1]['source']
+    return dict(T=T, n_seqs=n_seqs, layers=len(rec), heads=int(rec[0][0].shape[1]), source=src, rows=errs.to_dict('records'))
+
+
 def approx(no_cache: bool = False):
     "Approximation errors of blockpool / local-only / linear / uniform against exact attention on MiniLM's activations."
     from lwstudy.core import atomic_write, git_commit
-    from lwstudy.techniques.attention import approx_path, approx_record
+    from lwstudy.techniques.attention import approx_path
     rec = approx_record()
     rec.update(measured=dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), git_commit=git_commit())
     import pandas as pd
@@ -82,12 +134,14 @@ def approx(no_cache: bool = False):
 
 
 def main(argv=None):
+    from lwstudy.techniques.attention import task_params
+    long_len = task_params('quick')['long_len']  # the claims' length
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--lengths', default='128,256,512,1024,2048,4096,8192')
     ap.add_argument('--batch', type=int, default=2)
     ap.add_argument('--repeats', type=int, default=3)
-    ap.add_argument('--eager-max', type=int, default=4096, help='longest T for eager attention (it materialises T x T)')
-    ap.add_argument('--rss-at', default='4096', help='lengths for the fresh-process peak-RSS cross-check')
+    ap.add_argument('--eager-max', type=int, default=long_len, help='longest T for eager attention (it materialises T x T)')
+    ap.add_argument('--rss-at', default=str(long_len), help='lengths for the fresh-process peak-RSS cross-check')
     ap.add_argument('--no-rss', action='store_true')
     ap.add_argument('--no-cache', action='store_true', help='do not write the cache the report reads')
     ap.add_argument('--approx-only', action='store_true', help='only the approximation errors on real activations (approx.json)')
@@ -99,10 +153,10 @@ def main(argv=None):
 
     import pandas as pd
     from lwstudy.core import atomic_write, device_name, git_commit
-    from lwstudy.techniques.attention import _claims, crossover, sweep_path, sweep_table, task_params
+    from lwstudy.techniques.attention import MASK_RATE, _claims, crossover, sweep_path, sweep_table
     if not a.no_approx: approx(a.no_cache)
     if a.approx_only: return
-    long_len, cl = task_params('quick')['long_len'], {c.id: c for c in _claims()}
+    cl = {c.id: c for c in _claims()}
     load0, t0 = os.getloadavg(), time.perf_counter()
     rows = []
     for T in [int(t) for t in a.lengths.split(',')]:
@@ -145,7 +199,7 @@ def main(argv=None):
                 git_commit=git_commit(), batch=a.batch, repeats=a.repeats, wall_s=round(time.perf_counter() - t0, 1),
                 load_avg_1min=[round(load0[0], 2), round(load1[0], 2)], cpus=os.cpu_count(),
                 model=f"DistilBertForMaskedLM dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, FFN {cfg['hidden_dim']}, "
-                      "attention dropout 0, MLM head on the 15% masked positions",
+                      f"attention dropout 0, MLM head on the {MASK_RATE:.0%} masked positions",
                 rows=rows, rss=rss_rows)
     print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} ({meta['cpus']} CPUs)")
     if not a.no_cache:

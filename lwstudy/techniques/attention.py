@@ -4,7 +4,7 @@
 
 # %% ../../nbs/10_attention.ipynb #c002
 from __future__ import annotations
-import functools, html, itertools, json, math, warnings
+import functools, itertools, json, math, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -17,19 +17,17 @@ from .. import data
 from ..core import by_profile, current_device, make_generator
 from ..measure import count_flops, peak_memory_mb, require_memory, time_it
 from ..models import bert_tokenizer, count_params, distilbert_mlm
+from ..report import esc, fig_to_img, html_table, seed_curves
 from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate_mean
 from ..train import WarmupLinear, autocast, make_loader, resolve_precision, train
 
-def _esc(x) -> str: return html.escape(str(x))  # every string from a record or a cache, in report HTML
-
 # %% auto #0
 __all__ = ['B_MIN', 'ATTENTIONS', 'EVAL_MASK_SEED', 'MASK_RATE', 'UNIGRAM_ALPHAS', 'INFER_BATCH', 'MODEL_KEYS', 'ARM_NAMES',
-           'METRICS', 'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
-           'blockpool_attention', 'linear_attention', 'softmax_attention', 'key_padding_mask', 'hf_blockpool',
-           'hf_linear', 'register', 'build_mlm', 'lm_texts', 'record_qkv', 'approximation_errors', 'train_splits',
-           'token_windows', 'mask_tokens', 'mlm_head', 'mlm_loss', 'mlm_scores', 'unigram_ppl', 'train_step_fn',
-           'forward_fn', 'eager_scores_bytes', 'eager_long_peak_mb', 'cost_metrics', 'task_params', 'fit', 'spec',
-           'sweep_path', 'approx_path', 'approx_record', 'crossover', 'sweep_figure', 'sweep_table', 'sections']
+           'METRICS', 'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'SWEEP_KEYS',
+           'block_size_for', 'blockpool_attention', 'linear_attention', 'softmax_attention', 'register', 'build_mlm',
+           'lm_texts', 'train_splits', 'token_windows', 'mask_tokens', 'mlm_loss', 'mlm_scores', 'unigram_ppl',
+           'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'sweep_path', 'approx_path',
+           'crossover', 'sweep_table', 'sweep_figure', 'sections']
 
 # %% ../../nbs/10_attention.ipynb #c005
 B_MIN = 32  # smallest block
@@ -42,7 +40,7 @@ def block_size_for(T:int, # sequence length
 
 # %% ../../nbs/10_attention.ipynb #c007
 def _blockpool(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0.0, training:bool=False, far:bool=True):
-    "Block-local softmax attention plus one pooled summary per other block; q, k, v: (B, H, T, d); key_mask: (B, T) bool."
+    "Block-local softmax attention plus one pooled summary per other block (see `blockpool_attention`)."
     B, H, T, d = q.shape
     scaling = d ** -0.5 if scaling is None else scaling
     b = min(block or block_size_for(T), T)
@@ -71,56 +69,70 @@ def _blockpool(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0
     if len(parts) > 1: out = out + (p[..., b:].reshape(B, H, nb * b, nb) @ vbar).view(B, H, nb, b, d)
     return out.reshape(B, H, nb * b, d)[:, :, :T]
 
-def blockpool_attention(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0.0, training:bool=False,
-                        far:bool=True, recompute:bool=True):
-    "`_blockpool`; under autograd its backward recomputes the scores (as flash attention does) instead of storing them."
+def blockpool_attention(q, # queries (B, H, T, d)
+                        k, # keys, like q
+                        v, # values, like q
+                        key_mask=None, # (B, T) bool, False at padding (None: nothing padded)
+                        scaling=None, # score scale (None: d ** -0.5)
+                        block=None, # tokens per block (None: `block_size_for(T)`)
+                        dropout:float=0.0, # attention-weight dropout, applied when `training`
+                        training:bool=False, # the module's training mode
+                        far:bool=True, # add the pooled far field (False: block-local only)
+                        recompute:bool=True, # under autograd, recompute the scores in the backward instead of storing them
+                       ):
+    "Exact softmax attention inside blocks, one pooled summary per other block; the backward recomputes (as flash attention)."
     if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return checkpoint(_blockpool, q, k, v, key_mask, scaling, block, dropout, training, far, use_reentrant=False)
     return _blockpool(q, k, v, key_mask, scaling, block, dropout, training, far)
 
 # %% ../../nbs/10_attention.ipynb #c009
-def linear_attention(q, k, v, key_mask=None, eps:float=1e-6):
-    "Non-causal elu+1 linear attention; q, k, v: (B, H, T, d)."
+def linear_attention(q, # queries (B, H, T, d)
+                     k, # keys, like q
+                     v, # values, like q
+                     key_mask=None, # (B, T) bool, False at padding
+                     eps:float=1e-6, # added to the normaliser
+                    ):
+    "Non-causal elu+1 linear attention."
     fq, fk = F.elu(q) + 1, F.elu(k) + 1
     if key_mask is not None: fk = fk * key_mask[:, None, :, None].to(fk.dtype)
     kv = fk.transpose(-1, -2) @ v  # (B, H, d, d)
     z = fq @ fk.sum(-2, keepdim=True).transpose(-1, -2)  # (B, H, T, 1)
     return (fq @ kv) / (z + eps)
 
-def softmax_attention(q, k, v, key_mask=None, scaling=None):
+def softmax_attention(q, # queries (B, H, T, d)
+                      k, # keys, like q
+                      v, # values, like q
+                      key_mask=None, # (B, T) bool, False at padding
+                      scaling=None, # score scale (None: d ** -0.5)
+                     ):
     "Exact softmax attention with the T x T matrix materialised (the reference)."
     s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scaling is None else scaling)
     if key_mask is not None: s = s.masked_fill(~key_mask[:, None, None, :].to(torch.bool), float('-inf'))
     return torch.softmax(s, -1) @ v
 
 # %% ../../nbs/10_attention.ipynb #c015
-def key_padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+def _key_padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
     "Mask function for `AttentionMaskInterface`: the (B, kv) bool key-padding mask, or None when nothing is padded."
     if attention_mask is None or bool(attention_mask.all()): return None
     return attention_mask[:, kv_offset:kv_offset + kv_length].to(torch.bool)
 
-def _key_mask(attention_mask):
-    if attention_mask is not None and attention_mask.ndim != 2:
-        raise ValueError(f'lightweight attention takes a 2-D key-padding mask, got shape {tuple(attention_mask.shape)}')
-    return attention_mask
+def _hf(fn):
+    "A transformers attention function (`AttentionInterface`'s signature) running `fn(module, q, k, v, key_mask, scaling, dropout)`."
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout:float=0.0, **kwargs):
+        if attention_mask is not None and attention_mask.ndim != 2:
+            raise ValueError(f'lightweight attention takes a 2-D key-padding mask, got shape {tuple(attention_mask.shape)}')
+        return fn(module, query, key, value, attention_mask, scaling, dropout).transpose(1, 2).contiguous(), None
+    return attention
 
-def hf_blockpool(module, query, key, value, attention_mask, scaling=None, dropout:float=0.0, **kwargs):
-    "transformers attention function for blockpool attention."
-    out = blockpool_attention(query, key, value, _key_mask(attention_mask), scaling, getattr(module.config, 'lw_block_size', None),
-                              dropout, module.training)
-    return out.transpose(1, 2).contiguous(), None
-
-def hf_linear(module, query, key, value, attention_mask, scaling=None, dropout:float=0.0, **kwargs):
-    "transformers attention function for elu+1 linear attention (no attention matrix, so no attention dropout)."
-    return linear_attention(query, key, value, _key_mask(attention_mask)).transpose(1, 2).contiguous(), None
-
-ATTENTIONS = {'lw_blockpool': hf_blockpool, 'lw_linear': hf_linear}
+ATTENTIONS = {  # attn_implementation -> transformers attention function
+    'lw_blockpool': _hf(lambda m, q, k, v, km, sc, dp: blockpool_attention(q, k, v, km, sc, getattr(m.config, 'lw_block_size', None),
+                                                                          dp, m.training)),
+    'lw_linear': _hf(lambda m, q, k, v, km, sc, dp: linear_attention(q, k, v, km)),  # no attention matrix: no attention dropout
+}
 
 def register():
     "Register the lightweight attentions (and their mask function) with transformers."
-    for name, fn in ATTENTIONS.items():
-        AttentionInterface.register(name, fn)
-        AttentionMaskInterface.register(name, key_padding_mask)
+    for name, fn in ATTENTIONS.items(): AttentionInterface.register(name, fn); AttentionMaskInterface.register(name, _key_padding_mask)
 
 register()
 
@@ -132,57 +144,29 @@ def build_mlm(cfg:dict, # distilbert_mlm sizes: dim, n_layers, n_heads, hidden_d
     "A fresh `DistilBertForMaskedLM` with the given attention (seed before calling: the init does not depend on `attn`)."
     return distilbert_mlm(**cfg, attn_implementation=attn, attention_dropout=attn_dropout)
 
-# %% ../../nbs/10_attention.ipynb #c024
-_recorded: list = []
+# %% ../../nbs/10_attention.ipynb #c027
+@functools.cache
+def _tokenizer():
+    tok = bert_tokenizer(); tok.model_max_length = 10 ** 9  # we chunk ourselves
+    return tok
 
-def _record(module, query, key, value, attention_mask, scaling=None, dropout:float=0.0, **kwargs):
-    "An exact attention that keeps its q, k, v (for approximation checks)."
-    _recorded.append((query.detach(), key.detach(), value.detach(), attention_mask, scaling))
-    return softmax_attention(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+def _wrap(body:torch.Tensor) -> torch.Tensor:
+    "Every row of `body` (N, T - 2) as `[CLS] row [SEP]`."
+    tok, n = _tokenizer(), len(body)
+    return torch.cat([torch.full((n, 1), tok.cls_token_id), body, torch.full((n, 1), tok.sep_token_id)], 1)
 
-AttentionInterface.register('lw_record', _record); AttentionMaskInterface.register('lw_record', key_padding_mask)
-
-def lm_texts(name:str, split:str, profile:str, config:str|None=None) -> list[str]:
+def lm_texts(name:str, # a dataset of `lwstudy.data`
+             split:str, # its split
+             profile:str, # where the data come from
+             config:str|None=None, # its config
+            ) -> list[str]:
     "Non-blank lines of an LM dataset, with '<unk>' written as the tokenizer's [UNK]."
     df = data.load(name, split, profile, config)
     col = 'sentence' if 'sentence' in df.columns else 'text'
     return [t.strip().replace('<unk>', '[UNK]') for t in df[col] if t and t.strip()]
 
-@torch.no_grad()
-def record_qkv(texts:list[str], T:int=512, n_seqs:int=2) -> list:
-    "(q, k, v, mask, scaling) of every layer of all-MiniLM-L6-v2 on `n_seqs` windows of `T` tokens of `texts`."
-    from lwstudy.models import load_pretrained
-    tok = _tokenizer()
-    ids = torch.tensor(tok(' '.join(texts), add_special_tokens=False)['input_ids'][:n_seqs * (T - 2)]).view(n_seqs, T - 2)
-    ids = torch.cat([torch.full((n_seqs, 1), tok.cls_token_id), ids, torch.full((n_seqs, 1), tok.sep_token_id)], 1)
-    model = load_pretrained('minilm', attn_implementation='lw_record')
-    _recorded.clear(); model(input_ids=ids)
-    out = list(_recorded); _recorded.clear()
-    return out
-
-def approximation_errors(recorded, blocks=(32, 64, 128, 256)) -> pd.DataFrame:
-    "Relative error vs exact attention of blockpool (per block), block-local only, linear, and uniform attention."
-    rows = []
-    for layer, (q, k, v, mask, sc) in enumerate(recorded):
-        exact = softmax_attention(q, k, v, mask, sc)
-        rel = lambda o: float((o - exact).norm() / exact.norm())
-        T = q.shape[2]
-        for b in blocks:
-            rows.append(dict(layer=layer, method=f'blockpool b={b} ({T // b} blocks)', rel_error=rel(blockpool_attention(q, k, v, mask, sc, b))))
-            rows.append(dict(layer=layer, method=f'local only b={b}', rel_error=rel(blockpool_attention(q, k, v, mask, sc, b, far=False))))
-        rows.append(dict(layer=layer, method='elu+1 linear', rel_error=rel(linear_attention(q, k, v, mask))))
-        rows.append(dict(layer=layer, method='uniform (mean of v)', rel_error=rel(v.mean(-2, keepdim=True).expand_as(v))))
-    df = pd.DataFrame(rows)
-    return df.groupby('method', sort=False).rel_error.agg(['mean', 'min', 'max']).reset_index()
-
-@functools.lru_cache(maxsize=None)
-def _tokenizer():
-    tok = bert_tokenizer(); tok.model_max_length = 10 ** 9  # we chunk ourselves
-    return tok
-
-# %% ../../nbs/10_attention.ipynb #c027
-EVAL_MASK_SEED = 20_240_601
-MASK_RATE = 0.15
+EVAL_MASK_SEED = 20_240_601  # the evaluation masks' seed: the same PTB positions for every arm and seed
+MASK_RATE = 0.15  # BERT's: the fraction of non-special tokens masked, in training and evaluation
 
 def train_splits(profile:str) -> list[tuple]:
     "(name, split, config) of the training text for a profile (see the markdown above)."
@@ -193,34 +177,38 @@ def train_splits(profile:str) -> list[tuple]:
     if all(data.resolve(n, s, profile, c).kind == 'mirror' for n, s, c in mirror): return mirror
     return hub  # resolves to the stand-in
 
-_token_cache: dict = {}
+@functools.lru_cache(maxsize=4)
+def _token_stream(texts:tuple) -> torch.Tensor:
+    "`texts` tokenized and concatenated (once per process per text)."
+    ids = _tokenizer()(list(texts), add_special_tokens=False)['input_ids']
+    return torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64))
 
-def token_windows(splits, profile:str, seq_len:int, n_max:int|None=None) -> torch.Tensor:
+def token_windows(splits:list[tuple], # (name, split, config) of the texts, concatenated in this order
+                  profile:str, # where the data come from
+                  seq_len:int, # tokens per window, [CLS] and [SEP] included
+                  n_max:int|None=None, # at most this many windows (None: all the text gives)
+                 ) -> torch.Tensor:
     "Windows (N, seq_len) of `[CLS] tokens [SEP]` cut from the concatenated texts of `splits`."
-    texts = [t for n, s, c in splits for t in lm_texts(n, s, profile, c)]  # loads every time: the runner records sources
-    key = (tuple(splits), profile, len(texts), hash(texts[0]) if texts else 0)
-    if key not in _token_cache:
-        ids = _tokenizer()(texts, add_special_tokens=False)['input_ids']
-        _token_cache[key] = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64))
-    stream, w = _token_cache[key], seq_len - 2
+    texts = tuple(t for n, s, c in splits for t in lm_texts(n, s, profile, c))  # loaded every time: the runner records sources
+    stream, w = _token_stream(texts), seq_len - 2
     n = len(stream) // w if n_max is None else min(n_max, len(stream) // w)
     if n_max is not None and n < n_max:  # never silently fewer: the report's data section names the source
         warnings.warn(f"{', '.join(f'{a}/{b}' for a, b, _ in splits)} ({profile}): asked {n_max} windows of {seq_len} tokens, "
                       f"the text gives {n}; using {n}")
-    tok = _tokenizer()
-    body = stream[:n * w].view(n, w)
-    return torch.cat([torch.full((n, 1), tok.cls_token_id), body, torch.full((n, 1), tok.sep_token_id)], 1)
+    return _wrap(stream[:n * w].view(n, w))
 
-def mask_tokens(ids:torch.Tensor, gen:torch.Generator, rate:float=MASK_RATE, bert_mix:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
-    "(inputs, labels): `rate` of the non-special tokens selected; labels -100 elsewhere; BERT's 80/10/10 or all [MASK]."
+def mask_tokens(ids:torch.Tensor, # token windows (N, T)
+                gen:torch.Generator, # draws which tokens and their replacements
+                rate:float=MASK_RATE, # fraction of the non-special tokens selected
+                bert_mix:bool=True, # BERT's 80% [MASK] / 10% random / 10% kept (False: all [MASK])
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "(inputs, labels) for masked LM: labels are the selected tokens' ids, -100 elsewhere."
     tok = _tokenizer()
     special = torch.isin(ids, torch.tensor(tok.all_special_ids))
     sel = (torch.rand(ids.shape, generator=gen) < rate) & ~special
     labels = torch.where(sel, ids, torch.full_like(ids, -100))
     inputs = ids.clone()
-    if not bert_mix:
-        inputs[sel] = tok.mask_token_id
-        return inputs, labels
+    if not bert_mix: inputs[sel] = tok.mask_token_id; return inputs, labels
     r = torch.rand(ids.shape, generator=gen)
     inputs[sel & (r < 0.8)] = tok.mask_token_id
     rnd = sel & (r >= 0.8) & (r < 0.9)
@@ -228,20 +216,21 @@ def mask_tokens(ids:torch.Tensor, gen:torch.Generator, rate:float=MASK_RATE, ber
     return inputs, labels
 
 # %% ../../nbs/10_attention.ipynb #c029
-def mlm_head(model, h:torch.Tensor) -> torch.Tensor:
-    "DistilBertForMaskedLM's prediction head applied to hidden states `h` (..., dim)."
-    return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-
-def mlm_loss(model, batch):
+def mlm_loss(model, # a DistilBertForMaskedLM
+             batch, # (inputs, labels), labels -100 where not masked
+            ):
     "Masked-LM cross-entropy with the head on the masked positions only; returns (loss, logits of those positions)."
     ids, labels = batch
-    h = model.distilbert(input_ids=ids).last_hidden_state
+    h = model.distilbert(input_ids=ids).last_hidden_state  # kept to the end, as before: it counts in the peak-memory metrics
     sel = labels != -100
-    logits = mlm_head(model, h[sel])
+    logits = model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h[sel]))))  # the model's head
     return F.cross_entropy(logits, labels[sel]), logits
 
 @torch.no_grad()
-def mlm_scores(model, inputs:torch.Tensor, labels:torch.Tensor, batch_size:int=64,
+def mlm_scores(model, # a DistilBertForMaskedLM
+               inputs:torch.Tensor, # masked windows (N, T)
+               labels:torch.Tensor, # their labels (-100: not scored)
+               batch_size:int=64, # windows per forward
                precision:str='fp32', # the forward's precision (see `train.resolve_precision`); the cross-entropy is in fp32
               ) -> dict:
     "Masked-token perplexity, accuracy, and how many distinct tokens the top-1 predictions use (1: a unigram model)."
@@ -280,98 +269,114 @@ def unigram_ppl(train_ids:torch.Tensor, # training windows (N, T) of token ids
     return dict(alpha=best, val_ppl=val[best], test_ppl=_masked_ppl(_unigram_logp(counts, best), test_labels))
 
 # %% ../../nbs/10_attention.ipynb #c035
-def _long_batch(vocab:int, T:int, batch:int, seed:int=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(999, vocab, (batch, T), generator=g)
-    return mask_tokens(ids, g, bert_mix=False)
+INFER_BATCH = 32  # sequences in the timed eval forward at seq_len
 
-def train_step_fn(model, batch):
-    "A closure running one forward+backward of `mlm_loss` (gradients dropped before each run)."
+def _long_batch(vocab:int, T:int, batch:int, seed:int=0):
+    "The cost step's batch: random ordinary wordpieces (batch, T), masked all as [MASK]; the same for every arm and seed."
+    g = torch.Generator().manual_seed(seed)
+    return mask_tokens(torch.randint(999, vocab, (batch, T), generator=g), g, bert_mix=False)
+
+def cost_step(model, # a DistilBertForMaskedLM
+              batch, # (inputs, labels)
+              backward:bool=True, # one training forward+backward (gradients dropped first); False: a no-grad forward
+             ):
+    "A closure running `mlm_loss` on `batch` once, for timing and memory."
     batch = tuple(t.to(next(model.parameters()).device) for t in batch)
     def step():
         model.zero_grad(set_to_none=True)
         mlm_loss(model, batch)[0].backward()
-    return step
-
-def forward_fn(model, batch):
-    "A closure running one no-grad eval forward of `mlm_loss`."
-    batch = tuple(t.to(next(model.parameters()).device) for t in batch)
     def fwd():
         with torch.no_grad(): mlm_loss(model, batch)
-    return fwd
+    return step if backward else fwd
 
 def eager_scores_bytes(cfg:dict, # distilbert_mlm sizes
                        T:int, # sequence length
                        batch:int, # sequences
                       ) -> int:
     "Estimated T x T memory of eager attention's fwd+bwd (fp32): every layer's probabilities kept for backward, plus one layer's scores in flight."
-    one = batch * cfg['n_heads'] * T * T * 4
-    return (cfg['n_layers'] + 1) * one
+    return (cfg['n_layers'] + 1) * batch * cfg['n_heads'] * T * T * 4
 
-@functools.lru_cache(maxsize=8)
-def eager_long_peak_mb(cfg:tuple, T:int, batch:int, attn_dropout:float=0.0) -> float:
-    "Peak memory of a fwd+bwd step of the eager-attention model of `cfg` at length `T` (deterministic; once per process)."
-    require_memory(f'eager attention fwd+bwd at T={T}, batch {batch} (T x T scores)', eager_scores_bytes(dict(cfg), T, batch),
-                   current_device())
-    torch.manual_seed(0)
-    model = build_mlm(dict(cfg), 'eager', attn_dropout).to(current_device()).train()
-    return peak_memory_mb(train_step_fn(model, _long_batch(model.config.vocab_size, T, batch)))
+def _fresh(cfg:tuple, attn:str, attn_dropout:float):
+    "A model of `cfg` (sorted items) with fixed weights, built without moving the run's RNG: for weight-free measurements."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_mlm(dict(cfg), attn, attn_dropout).to(current_device())
 
-_static_cache: dict = {}
+@functools.lru_cache(maxsize=None)
+def _infer_costs(cfg:tuple, attn:str, attn_dropout:float, ids:tuple, labels:tuple) -> dict:
+    "Peak memory and forward FLOPs per sequence of an eval forward of (`ids`, `labels`) (nested tuples), on a fresh model."
+    model, x, y = _fresh(cfg, attn, attn_dropout).eval(), torch.tensor(ids), torch.tensor(labels)
+    return dict(infer_peak_mb=peak_memory_mb(cost_step(model, (x, y), backward=False)),
+                fwd_gflops=count_flops(cost_step(model, (x[:1], y[:1]), backward=False)) / 1e9)
 
-def _static(key, fn):
-    "`fn()` once per process for `key`: for measurements that do not depend on the weights (peak memory, FLOPs)."
-    if key not in _static_cache: _static_cache[key] = fn()
-    return _static_cache[key]
+@functools.lru_cache(maxsize=None)
+def _step_peak_mb(cfg:tuple, attn:str, T:int, batch:int, attn_dropout:float) -> float:
+    "Peak memory of one fwd+bwd step at length `T` on a fresh model; for eager attention, refused where T x T does not fit."
+    if attn == 'eager':
+        require_memory(f'eager attention fwd+bwd at T={T}, batch {batch} (T x T scores)', eager_scores_bytes(dict(cfg), T, batch),
+                       current_device())
+    model = _fresh(cfg, attn, attn_dropout).train()
+    return peak_memory_mb(cost_step(model, _long_batch(model.config.vocab_size, T, batch)))
 
-INFER_BATCH = 32  # sequences in the timed eval forward at seq_len
-
-def cost_metrics(model, cfg:dict, eval_batch, long_len:int, long_batch:int, repeats:int, attn_dropout:float=0.0) -> dict:
-    "Inference time / memory / FLOPs at the evaluation length, and fwd+bwd time / memory at `long_len`."
-    model.eval()
+def cost_metrics(model, # the trained masked LM (its weights matter to nothing but the times)
+                 cfg:dict, # its distilbert_mlm sizes
+                 eval_batch, # (inputs, labels) at seq_len, for the inference measurements
+                 long_len:int, # tokens per sequence of the cost step
+                 long_batch:int, # sequences in the cost step
+                 repeats:int, # timed runs (median) after one warm-up
+                 attn_dropout:float=0.0, # the model's attention dropout
+                ) -> dict:
+    "Inference time / memory / FLOPs at seq_len and fwd+bwd time / memory at `long_len`; memory and FLOPs once per process."
     x, y = eval_batch
-    attn = model.config._attn_implementation
-    key = (attn, tuple(sorted(cfg.items())), tuple(x.shape), long_len, long_batch, attn_dropout)
-    inf = time_it(forward_fn(model, eval_batch), warmup=1, repeats=repeats)['median_s']
+    attn, c = model.config._attn_implementation, tuple(sorted(cfg.items()))
+    inf = time_it(cost_step(model.eval(), eval_batch, backward=False), warmup=1, repeats=repeats)['median_s']
     out = dict(infer_ms_per_seq=1e3 * inf / len(x),
-               infer_peak_mb=_static(('infer_peak',) + key, lambda: peak_memory_mb(forward_fn(model, eval_batch))),
-               fwd_gflops=_static(('flops',) + key, lambda: count_flops(forward_fn(model, (x[:1], y[:1]))) / 1e9))
-    model.train()
-    long = _long_batch(model.config.vocab_size, long_len, long_batch)
-    step = train_step_fn(model, long)
+               **_infer_costs(c, attn, attn_dropout, tuple(map(tuple, x.tolist())), tuple(map(tuple, y.tolist()))))
+    step = cost_step(model.train(), _long_batch(model.config.vocab_size, long_len, long_batch))
     out['long_fwdbwd_s'] = time_it(step, warmup=1, repeats=repeats)['median_s']
-    out['long_peak_mb'] = _static(('long_peak',) + key, lambda: peak_memory_mb(step))
-    out['long_mem_vs_eager'] = out['long_peak_mb'] / eager_long_peak_mb(tuple(sorted(cfg.items())), long_len, long_batch, attn_dropout)
+    out['long_peak_mb'] = _step_peak_mb(c, attn, long_len, long_batch, attn_dropout)
+    out['long_mem_vs_eager'] = out['long_peak_mb'] / _step_peak_mb(c, 'eager', long_len, long_batch, attn_dropout)
     model.zero_grad(set_to_none=True); model.eval()
     return out
 
 # %% ../../nbs/10_attention.ipynb #c039
 def task_params(profile:str) -> dict:
-    "Sizes for a profile (identical across arms); `dryrun` is `full`'s model, lengths and code path on a few batches."
-    full = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, seq_len=512, batch_size=32, max_steps=20000, n_train=None,
-                n_eval=None, lr=1e-4, warmup=500, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=5, max_len=4096,
-                precision='auto')  # train and score in bf16 where the host has it natively (and on CUDA), else fp32
-    return by_profile(profile,
-        smoke=dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, seq_len=64, batch_size=8, max_steps=6, n_train=48,
-                   n_eval=16, lr=1e-3, warmup=2, attn_dropout=0.0, long_len=256, long_batch=2, repeats=1, max_len=256, precision='auto'),
-        quick=dict(dim=128, n_layers=2, n_heads=2, hidden_dim=512, seq_len=128, batch_size=32, max_steps=80, n_train=2560,
-                   n_eval=128, lr=1e-3, warmup=8, attn_dropout=0.0, long_len=4096, long_batch=2, repeats=1, max_len=4096,
-                   precision='auto'),
-        full=full,
-        # dryrun: full's model (distilbert-base shape, 4096 positions) and seq_len; 2 steps of batch 4 (full: 32, ~1 min a
-        # step on 2 CPU cores), 8 evaluation windows, one timed repeat; the cost step on one sequence of 1024 tokens (full:
-        # 2 x 4096: ~20 s a step here, eager's T x T scores ~13 GB)
-        dryrun=dict(full, batch_size=4, max_steps=2, n_train=8, n_eval=8, warmup=1, long_len=1024, long_batch=1, repeats=1))
+    "Sizes for a profile (identical across arms): `full` is the table, the others change what they say."
+    full = dict(
+        dim=768,           # hidden size: distilbert-base-uncased's shape (trained from scratch, see the notes)
+        n_layers=6,        # transformer layers (distilbert-base)
+        n_heads=12,        # attention heads (distilbert-base)
+        hidden_dim=3072,   # FFN width (distilbert-base)
+        max_len=4096,      # positions: covers long_len
+        seq_len=512,       # tokens per training and evaluation window, [CLS] and [SEP] included
+        batch_size=32,     # windows per training step
+        max_steps=20000,   # training steps
+        n_train=None,      # training windows (None: all the text gives)
+        n_eval=None,       # PTB windows per split (None: all)
+        lr=1e-4,           # AdamW peak LR (the plan's 3e-5 is for fine-tuning; from scratch needs more)
+        warmup=500,        # steps of linear warm-up, then linear decay to 0
+        attn_dropout=0.0,  # attention dropout: 0, so that CPU SDPA stays fused (see above)
+        long_len=4096,     # tokens per sequence of the cost step (issue 3's goals are at 4096)
+        long_batch=2,      # sequences in the cost step
+        repeats=5,         # timed runs per cost measurement (median), after one warm-up
+        precision='auto',  # bf16 where the host has it natively (and on CUDA), else fp32
+    )
+    quick = dict(full, dim=128, n_layers=2, n_heads=2, hidden_dim=512,  # a small model: the study on 2 CPU cores
+                 seq_len=128, max_steps=80, n_train=2560, n_eval=128, lr=1e-3, warmup=8, repeats=1)
+    smoke = dict(quick, dim=32, hidden_dim=64, seq_len=64, batch_size=8, max_steps=6, n_train=48, n_eval=16, warmup=2,
+                 long_len=256, max_len=256)  # seconds: the code path only
+    # dryrun: full's model and seq_len on 2 steps of batch 4 (~1 min a step on 2 CPU cores) and 8 evaluation windows; the
+    # cost step on one sequence of 1024 tokens (full's 2 x 4096: ~20 s a step here, eager's T x T scores ~13 GB)
+    dryrun = dict(full, batch_size=4, max_steps=2, n_train=8, n_eval=8, warmup=1, long_len=1024, long_batch=1, repeats=1)
+    return by_profile(profile, smoke=smoke, quick=quick, full=full, dryrun=dryrun)
 
 MODEL_KEYS = ('dim', 'n_layers', 'n_heads', 'hidden_dim', 'max_len')
 
 def _eval_sets(profile:str, seq_len:int, n_eval:int|None) -> dict:
     "PTB validation and test windows masked with the fixed evaluation seed: {'val': (inputs, labels), 'test': ...}."
-    out = {}
-    for split, tag in (('validation', 'val'), ('test', 'test')):
-        w = token_windows([('ptb_text_only', split, None)], profile, seq_len, n_eval)
-        out[tag] = mask_tokens(w, torch.Generator().manual_seed(EVAL_MASK_SEED), bert_mix=False)
-    return out
+    return {tag: mask_tokens(token_windows([('ptb_text_only', split, None)], profile, seq_len, n_eval),
+                             torch.Generator().manual_seed(EVAL_MASK_SEED), bert_mix=False)
+            for split, tag in (('validation', 'val'), ('test', 'test'))}
 
 def fit(params:dict, # an arm of `spec`: task_params plus `attn`
         seed:int, # the cell's seed: initialisation, data order, training masks
@@ -454,51 +459,43 @@ def _claims() -> list:
         Claim('vs-ref-ppl', 'blockpool reaches lower PTB test perplexity than elu+1 linear', 'ptb_test_ppl', 'blockpool', 1.0, '<', 'ratio', vs='linear', source='this study', gate=G),
     ]
 
-def spec(profile:str='quick') -> Spec:
+def spec(profile:str='quick', # sizes and data (see `task_params`)
+        ) -> Spec:
     "Blockpool attention vs fused SDPA (baseline) and elu+1 linear attention, masked LM on WikiText, scored on PTB."
-    base = task_params(profile)
-    arms = {a: dict(base, attn=impl) for a, impl in ARM_NAMES.items()}
+    b, full = task_params(profile), task_params('full')
+    arms = {a: dict(b, attn=impl) for a, impl in ARM_NAMES.items()}
     notes = [
-        f"Model: DistilBertForMaskedLM config dim={base['dim']}, {base['n_layers']} layers, {base['n_heads']} heads, FFN {base['hidden_dim']}, "
-        f"max positions {base['max_len']}, hidden dropout 0.1, attention dropout {base['attn_dropout']} (CPU SDPA is fused only "
-        "without attention dropout; with it, it falls back to the T x T math kernel), trained from scratch in every profile (`full` uses distilbert-base-uncased's shape, 768/6/12/3072, "
-        "without its pretrained weights: they were trained for softmax attention and would favour the SDPA arm).",
-        f"Training: {base['max_steps']} steps of batch {base['batch_size']} x {base['seq_len']} tokens, AdamW lr {base['lr']} "
-        f"(plan: 3e-5 for fine-tuning; rescaled for training from scratch), warm-up {base['warmup']} steps then linear decay, "
-        "betas 0.9/0.999, eps 1e-8, weight decay 0.01; initialisation seeded before building (identical for every arm), data "
-        "order and training masks from the seed only.",
-        f"Precision: training and the PTB scores run in the policy {base['precision']!r} resolved for the run's device "
-        "(`train.resolve_precision`: bf16 autocast on CPUs with native bf16 and on CUDA, else fp32; each cell records "
-        "precision_used), the same for every arm; the cost measurements (long_*, infer_*, FLOPs) run in fp32, as before.",
-        "Training text (smoke/quick): WikiText-2 train from the Hub when reachable, else the mirror's wikitext-2-v1 validation + "
-        "wikitext-2-raw-v1 test splits (the mirror has no train split; '<unk>' written as [UNK]); full: WikiText-103 train. "
-        "The data section lists what served this run.",
-        f"Evaluation protocol: PTB (ptb_text_only) validation and test, tokenized, concatenated, cut into windows of {base['seq_len']} "
-        f"([CLS] + {base['seq_len'] - 2} + [SEP]), first {base['n_eval'] or 'all'} windows; {MASK_RATE:.0%} of non-special tokens masked, "
-        f"all replaced by [MASK], mask seed {EVAL_MASK_SEED} (identical for every arm and seed); perplexity = exp(mean "
-        "cross-entropy over masked tokens), accuracy = top-1 at masked tokens. Training uses BERT's 80/10/10 masking.",
-        f"blockpool: block size max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(base['seq_len'])} at T={base['seq_len']}, "
-        f"{block_size_for(base['long_len'])} at T={base['long_len']}); backward recomputes the "
-        "scores (activation checkpointing of the attention core only).",
-        f"Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the {MASK_RATE:.0%} masked positions) at T={base['long_len']}, "
-        f"batch {base['long_batch']}, one warm-up then median of {base['repeats']} timed run(s) per cell (the seeds are the repeats; "
-        "quick used 2 before spec version 2); peak memory and FLOPs do not depend on the weights and are measured once per arm "
-        "and process (the first seed) and reused for the other seeds, the eager model's peak once per process; "
-        "peak memory counted at the dispatcher (tensors returned by "
-        "operators; a fused kernel's internal scratch is invisible, for CPU flash-SDPA that is per-thread tiles, not T x T). "
-        "The sequence-length sweep is not part of the run: it is bench/attention.py's cached output, shown below with its date.",
-        "Stand-in when neither mirror nor Hub has the data: Shakespeare (held-out plays for PTB validation/test, the other plays "
-        "for training).",
-        f"Gate of every perplexity claim (verdict 'uninformative' when it fails): {QUALITY_GATE.text}. The unigram model: "
-        f"add-alpha token frequencies of the training windows, alpha from {UNIGRAM_ALPHAS} chosen on PTB validation, scored on "
-        "the same masked PTB test positions. A model that has learnt only token frequencies predicts one token everywhere "
-        "and comes out near 1x; its perplexity claims compare unigram fits, not attention.",
-        "Primary claims (the plan's hypotheses: quality kept, time and memory cut against the standard-attention baseline): "
-        + ', '.join(c.id for c in _claims() if c.family == 'primary') + '; the others are exploratory.',
-    ] + ([f"dryrun: full's model and seq_len on {base['n_train']} training windows ({base['max_steps']} steps of batch "
-          f"{base['batch_size']}), {base['n_eval']} evaluation windows, the cost step on {base['long_batch']} sequence of "
-          f"{base['long_len']} tokens (full: {task_params('full')['long_batch']} x {task_params('full')['long_len']}); checks the "
-          "code path and memory estimates, its numbers mean nothing."] if profile == 'dryrun' else [])
+        f"Model: DistilBertForMaskedLM, dim {b['dim']}, {b['n_layers']} layers, {b['n_heads']} heads, FFN {b['hidden_dim']}, "
+        f"{b['max_len']} positions, hidden dropout 0.1, attention dropout {b['attn_dropout']} (with it CPU SDPA falls back to the "
+        "T x T math kernel), trained from scratch in every profile (full: distilbert-base-uncased's shape without its weights, "
+        "which were trained for softmax attention and would favour SDPA).",
+        f"Training: {b['max_steps']} steps of batch {b['batch_size']} x {b['seq_len']} tokens, AdamW lr {b['lr']} (the plan's 3e-5 "
+        f"is for fine-tuning; rescaled for training from scratch), warm-up {b['warmup']} steps then linear decay, betas "
+        "0.9/0.999, eps 1e-8, weight decay 0.01; one initialisation for every arm, data order and training masks from the seed.",
+        f"Precision: training and the PTB scores in the policy {b['precision']!r} for the run's device (bf16 autocast on CPUs with "
+        "native bf16 and on CUDA, else fp32; recorded as precision_used), the same for every arm; cost measurements in fp32.",
+        "Training text: smoke/quick WikiText-2 train from the Hub, else the mirror's wikitext-2-v1 validation + wikitext-2-raw-v1 "
+        "test (it has no train split; '<unk>' as [UNK]); full WikiText-103 train. Stand-in where neither serves: Shakespeare "
+        "(held-out plays for PTB, the others for training). The data section names what served.",
+        f"Evaluation: PTB validation and test in windows of {b['seq_len']} tokens ([CLS] + {b['seq_len'] - 2} + [SEP]), first "
+        f"{b['n_eval'] or 'all'}; {MASK_RATE:.0%} of non-special tokens set to [MASK] with seed {EVAL_MASK_SEED} for every arm "
+        "and seed; perplexity = exp(mean masked-token cross-entropy), accuracy = top-1. Training masks BERT's way (80/10/10).",
+        f"blockpool: block max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(b['seq_len'])} at T={b['seq_len']}, "
+        f"{block_size_for(b['long_len'])} at T={b['long_len']}); its backward recomputes the attention scores.",
+        f"Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions) at T={b['long_len']}, batch "
+        f"{b['long_batch']}, one warm-up then the median of {b['repeats']} timed run(s) per cell, the seeds being the repeats "
+        "(quick used 2 before spec version 2). Peak memory and FLOPs do not depend on the weights: measured once per process "
+        "and configuration on a fresh model of the arm (and of eager attention). Peak memory counts the tensors operators return "
+        "(a fused kernel's internal scratch is invisible: for CPU flash-SDPA per-thread tiles, not T x T).",
+        f"Gate of every perplexity claim (else 'uninformative'): {QUALITY_GATE.text}. Unigram model: add-alpha token frequencies "
+        f"of the training windows, alpha from {UNIGRAM_ALPHAS} chosen on PTB validation, scored on the same masked PTB test "
+        "positions; a model that learnt only frequencies predicts one token everywhere and scores near 1x.",
+        "Primary claims (the plan's hypotheses): " + ', '.join(c.id for c in _claims() if c.family == 'primary') +
+        "; the others are exploratory. The sequence-length sweep is bench/attention.py's saved output, shown with its date.",
+    ] + ([f"dryrun: full's model and seq_len on {b['n_train']} windows ({b['max_steps']} steps of batch {b['batch_size']}), "
+          f"{b['n_eval']} evaluation windows, the cost step on {b['long_batch']} x {b['long_len']} tokens (full: "
+          f"{full['long_batch']} x {full['long_len']}); checks the code path and memory estimates, its numbers mean nothing."]
+         if profile == 'dryrun' else [])
     datasets = [*train_splits(profile), ('ptb_text_only', 'validation', None), ('ptb_text_only', 'test', None)]
     return Spec('attention', 'Does a lightweight attention (block-local + pooled far field) keep a small masked LM\'s quality while '
                 'cutting time and memory against fused SDPA?', arms, 'sdpa', METRICS, _claims(), fit,
@@ -507,166 +504,110 @@ def spec(profile:str='quick') -> Spec:
 
 # %% ../../nbs/10_attention.ipynb #c046
 def sweep_path() -> Path:
-    "Where bench/attention.py caches its sweep (under the result store)."
+    "Where bench/attention.py saves its sequence-length sweep (under the result store); `approx_path` beside it."
     return Store().root/'attention'/'bench'/'sweep.json'
 
-def approx_path() -> Path:
-    "Where bench/attention.py caches the approximation errors on MiniLM's activations (beside the sweep)."
-    return sweep_path().with_name('approx.json')
+def approx_path() -> Path: return sweep_path().with_name('approx.json')  # bench/attention.py's approximation errors
 
-def approx_record(T:int=512, # tokens per window
-                  n_seqs:int=2, # windows
-                  blocks=(32, 64, 128, 256), # blockpool block sizes
-                  profile:str='quick', # where WikiText-2 test comes from
-                 ) -> dict:
-    "The approximation errors of `approximation_errors` on MiniLM's activations over WikiText-2 test, with what served the text."
-    data.sources_used(reset=True)
-    rec = record_qkv(lm_texts('wikitext', 'test', profile, 'wikitext-2-raw-v1'), T=T, n_seqs=n_seqs)
-    errs = approximation_errors(rec, blocks=blocks)
-    src = data.sources_used(reset=True)[-1]['source']
-    return dict(T=T, n_seqs=n_seqs, layers=len(rec), heads=int(rec[0][0].shape[1]), source=src, rows=errs.to_dict('records'))
-
-def crossover(rows:list[dict], arm:str, vs:str='sdpa', key:str='fwdbwd_s', margin:float=0.0) -> int|None:
+def crossover(rows:list[dict], # sweep rows: T, arm and the measured keys
+              arm:str, # the arm that should win
+              vs:str='sdpa', # the arm it should beat
+              key:str='fwdbwd_s', # the measurement compared (lower wins)
+              margin:float=0.0, # relative: win by more than this
+             ) -> int|None:
     "The smallest swept length from which `arm` beats `vs` (by more than `margin`, relative) at every longer length."
     t = pd.DataFrame(rows).pivot_table(index='T', columns='arm', values=key).dropna(subset=[arm, vs])
     wins = (t[arm] < t[vs] * (1 - margin)).to_numpy()
-    for i in range(len(wins)):
-        if wins[i:].all(): return int(t.index[i])
-    return None
+    return next((int(t.index[i]) for i in range(len(wins)) if wins[i:].all()), None)
+
+SWEEP_KEYS = {'fwd_s': 'forward', 'fwdbwd_s': 'fwd+bwd', 'peak_mb': 'fwd+bwd peak',  # a sweep row's measurements
+              'enc_peak_mb': 'encoder-only fwd+bwd peak'}  # the same without the 30k-vocab MLM head
+
+def sweep_table(rows:list[dict]) -> pd.DataFrame:
+    "One row per (T, arm): fwd+bwd seconds, each measurement over SDPA's, and the peaks over eager attention's."
+    df = pd.DataFrame(rows).set_index(['T', 'arm'])
+    keys, arms = [k for k in SWEEP_KEYS if k in df], set(df.index.get_level_values('arm'))
+    out = df[['fwdbwd_s']].round(4).rename(columns={'fwdbwd_s': 'fwd+bwd s'})
+    for vs, ks in (('sdpa', keys), ('eager', [k for k in keys if 'peak' in k])):
+        if vs in arms: out = out.join(df[ks].div(df.xs(vs, level='arm')[ks], level='T').round(3).rename(columns=lambda k: f'{SWEEP_KEYS[k]} / {vs}'))
+    return out.reset_index()
 
 def sweep_figure(rows:list[dict]):
-    "Log-log panels: forward time, fwd+bwd time, fwd+bwd peak memory against T, one line per arm."
+    "Log-log panels of every measurement against T, one line per arm; dashed: blockpool's crossover against SDPA."
     from matplotlib.figure import Figure
-    df = pd.DataFrame(rows)
-    panels = [('fwd_s', 'forward (s)'), ('fwdbwd_s', 'forward+backward (s)'), ('peak_mb', 'fwd+bwd peak memory, whole model (MB)')]
-    if 'enc_peak_mb' in df.columns: panels.append(('enc_peak_mb', 'fwd+bwd peak memory, encoder only (MB)'))
-    fig = Figure(figsize=(4.3 * len(panels), 3.6))
-    for i, (key, label) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        for arm, g in df.groupby('arm', sort=False):
-            g = g.dropna(subset=[key])
-            ax.plot(g['T'], g[key], marker='o', label=arm)
-        x = crossover(rows, 'blockpool', key=key)
-        if x: ax.axvline(x, color='grey', ls='--', lw=1)
-        ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('sequence length T'); ax.set_title(label, fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    df = pd.DataFrame(rows); keys = [k for k in SWEEP_KEYS if k in df]
+    fig = Figure(figsize=(4.3 * len(keys), 3.6))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        df.pivot_table(index='T', columns='arm', values=key).plot(ax=ax, marker='o', logy=True, legend=i == 0, grid=True, xlabel='T')
+        if (x := crossover(rows, 'blockpool', key=key)): ax.axvline(x, color='grey', ls='--', lw=1)
+        ax.set_xscale('log', base=2); ax.set_title(f"{SWEEP_KEYS[key]} ({'s' if key.endswith('_s') else 'MB'})", fontsize=10)
     fig.tight_layout()
     return fig
 
-def sweep_table(rows:list[dict]) -> pd.DataFrame:
-    "Per T: each arm's fwd+bwd time and peak memory, and their ratios to SDPA (and eager for memory)."
-    df = pd.DataFrame(rows)
-    t = df.pivot_table(index='T', columns='arm', values=['fwd_s', 'fwdbwd_s', 'peak_mb'])
-    out = pd.DataFrame(index=t.index)
-    for arm in [a for a in ('sdpa', 'eager', 'blockpool', 'linear') if a in df.arm.unique()]:
-        out[f'{arm} fwd+bwd s'] = t['fwdbwd_s'][arm].round(4)
-    for arm in ('blockpool', 'linear', 'eager'):
-        if arm in df.arm.unique():
-            out[f'{arm}/sdpa fwd'] = (t['fwd_s'][arm] / t['fwd_s']['sdpa']).round(3)
-            out[f'{arm}/sdpa fwd+bwd'] = (t['fwdbwd_s'][arm] / t['fwdbwd_s']['sdpa']).round(3)
-            out[f'{arm}/sdpa mem'] = (t['peak_mb'][arm] / t['peak_mb']['sdpa']).round(3)
-    if 'eager' in df.arm.unique():
-        for arm in ('blockpool', 'linear'): out[f'{arm}/eager mem'] = (t['peak_mb'][arm] / t['peak_mb']['eager']).round(3)
-    if 'enc_peak_mb' in df.columns:  # the encoder alone, without the 30k-vocab MLM head
-        e = df.pivot_table(index='T', columns='arm', values='enc_peak_mb')
-        for arm in ('blockpool', 'linear'):
-            out[f'{arm}/sdpa encoder mem'] = (e[arm] / e['sdpa']).round(3)
-            if 'eager' in e: out[f'{arm}/eager encoder mem'] = (e[arm] / e['eager']).round(3)
-    return out.reset_index()
-
-def _html_table(df): return df.to_html(index=False, na_rep='', border=0)  # pandas escapes every cell
+def _table(df:pd.DataFrame) -> str: return html_table(df.astype(object).where(df.notna(), ''))  # ints stay ints, NaN blank
 
 def _sweep_section(long_len:int) -> tuple[str, str]:
-    "The cached sequence-length sweep of bench/attention.py, its crossovers, and the issue's goals at `long_len`."
-    from lwstudy.report import fig_to_img
-    p = sweep_path()
-    if not p.exists():
-        return ('Sequence-length sweep (benchmark)', f'<p>No cached sweep at <code>{_esc(p)}</code>: run '
-                '<code>python bench/attention.py</code> (under <code>flock /tmp/lwstudy-cpu.lock</code>) and re-render.</p>')
-    sw = json.loads(p.read_text())
-    rows = sw['rows']
-    cl = {c.id: c for c in _claims()}
-    xs = {a: crossover(rows, a) for a in ('blockpool', 'linear')}
-    xm = {a: crossover(rows, a, key='peak_mb', margin=0.01) for a in ('blockpool', 'linear')}
-    xe = {a: crossover(rows, a, key='enc_peak_mb', margin=0.01) for a in ('blockpool', 'linear')} if 'enc_peak_mb' in rows[0] else {}
-    goals = ''
-    df = pd.DataFrame(rows).set_index(['T', 'arm'])
-    if (long_len, 'sdpa') in df.index and (long_len, 'blockpool') in df.index:
-        g = lambda arm, k: df.loc[(long_len, arm), k]
-        goals = (f"<p>The claims' goals at T={long_len} in this sweep: blockpool fwd+bwd / SDPA = "
-                 f"{g('blockpool', 'fwdbwd_s') / g('sdpa', 'fwdbwd_s'):.3f} (goal &lt; {cl['time-4096'].threshold:g}); peak memory / SDPA = "
-                 f"{g('blockpool', 'peak_mb') / g('sdpa', 'peak_mb'):.3f} (goal &lt; {cl['mem-4096'].threshold:g})")
-        if (long_len, 'eager') in df.index:
-            goals += (f"; peak memory / eager = {g('blockpool', 'peak_mb') / g('eager', 'peak_mb'):.3f} "
-                      f"(goal &lt; {cl['mem-eager'].threshold:g})")
-        goals += '.</p>'
-    pk = pd.DataFrame(rows).pivot_table(index='T', columns='arm', values='peak_mb')
-    dev = float((pk['blockpool'] / pk['sdpa'] - 1).abs().max())
-    goals += (f"<p>Blockpool's and SDPA's whole-model peaks differ by at most {100 * dev:.2f}% at any swept length: "
-              "both stay at the floor set by the activations outside attention (fused SDPA never holds T x T either), so "
-              "blockpool has no memory advantage over SDPA here, only over eager attention.</p>")
-    rss = ''
-    if sw.get('rss'):
-        rss = ('<p>Cross-check: peak RSS growth of a fresh process running one fwd+bwd step (includes allocator slack and '
-               'any scratch inside fused kernels):</p>' + _html_table(pd.DataFrame(sw['rss'])))
-    return ('Sequence-length sweep (benchmark)',
-        f"<p class='muted'>Cached output of <code>bench/attention.py</code> measured {_esc(sw['measured'])} on {_esc(sw['device'])} "
-        f"(commit {_esc(sw['git_commit'])}; 1-min load average {_esc(sw.get('load_avg_1min'))} at start/end on "
-        f"{_esc(sw.get('cpus', '?'))} CPUs: above about 1 per CPU, other work shared it), "
-        f"not recomputed by this run. Model: {_esc(sw['model'])}; batch {_esc(sw['batch'])}; one training step "
-        f"(fwd+bwd) and one eval forward per point, median of {_esc(sw['repeats'])}. 'encoder only' is the same fwd+bwd without the "
-        f"MLM head (whose vocabulary-wide logits dominate the whole model's memory at these sizes). Dashed line: the crossover, "
-        f"the shortest length from which blockpool is faster than SDPA at every longer length: fwd+bwd {xs['blockpool']} "
-        f"(elu+1 linear: {xs['linear']}). Memory crossover (blockpool's peak more than 1% below SDPA's from there on): whole model "
-        f"{xm['blockpool']} (linear: {xm['linear']})"
-        + (f", encoder only {xe['blockpool']} (linear: {xe['linear']})" if xe else '') +
-        ". None: no such length in the sweep.</p>" + goals + fig_to_img(sweep_figure(rows)) + _html_table(sweep_table(rows)) + rss)
+    "bench/attention.py's saved sequence-length sweep: caption, crossovers, the claims' goals at `long_len`, figure, table."
+    title, p = 'Sequence-length sweep (benchmark)', sweep_path()
+    if not p.exists(): return (title, f'<p>No saved sweep at <code>{esc(p)}</code>: run <code>python bench/attention.py</code> '
+                                      '(under <code>flock /tmp/lwstudy-cpu.lock</code>) and re-render.</p>')
+    sw = json.loads(p.read_text()); rows = sw['rows']
+    x = lambda key, margin=0.0: '{} (elu+1 linear: {})'.format(*(crossover(rows, a, key=key, margin=margin) for a in ('blockpool', 'linear')))
+    t = sweep_table(rows).set_index(['T', 'arm'])
+    cl, at = {c.id: c for c in _claims()}, t.loc[(long_len, 'blockpool')] if (long_len, 'blockpool') in t.index else None
+    goals = '' if at is None else f"<p>The claims' goals at T={long_len} in this sweep: " + '; '.join(
+        f"blockpool {what} {at[col]:g} (goal &lt; {cl[cid].threshold:g})" for what, col, cid in (
+            ('fwd+bwd / SDPA', 'fwd+bwd / sdpa', 'time-4096'), ('peak memory / SDPA', 'fwd+bwd peak / sdpa', 'mem-4096'),
+            ('peak memory / eager', 'fwd+bwd peak / eager', 'mem-eager')) if pd.notna(at.get(col))) + '.</p>'
+    dev = float((t.xs('blockpool', level='arm')['fwd+bwd peak / sdpa'] - 1).abs().max())
+    goals += (f"<p>Blockpool's and SDPA's whole-model peaks differ by at most {100 * dev:.2f}% at any swept length" + (
+        ": both stay at the floor set by the activations outside attention (fused SDPA never holds T x T either), so blockpool "
+        "has no memory advantage over SDPA here, only over eager attention.</p>" if dev < 0.01 else '.</p>'))
+    rss = ('<p>Cross-check: peak RSS growth of a fresh process running one fwd+bwd step (includes allocator slack and any '
+           'scratch inside fused kernels):</p>' + _table(pd.DataFrame(sw['rss']))) if sw.get('rss') else ''
+    return (title, f"<p class='muted'>Saved output of <code>bench/attention.py</code> measured {esc(sw['measured'])} on "
+        f"{esc(sw['device'])} (commit {esc(sw['git_commit'])}; 1-min load average {esc(sw.get('load_avg_1min'))} at start/end on "
+        f"{esc(sw.get('cpus', '?'))} CPUs: above about 1 per CPU, other work shared it), not recomputed by this run. Model: "
+        f"{esc(sw['model'])}; batch {esc(sw['batch'])}; one training step (fwd+bwd) and one eval forward per point, median of "
+        f"{esc(sw['repeats'])}. 'encoder only': the same step without the MLM head, whose vocabulary-wide logits dominate the "
+        f"whole model's memory at these sizes. Crossover (dashed), the shortest length from which blockpool beats SDPA at every "
+        f"longer length: fwd+bwd {x('fwdbwd_s')}; peak memory more than 1% below SDPA's, whole model {x('peak_mb', 0.01)}"
+        + (f", encoder only {x('enc_peak_mb', 0.01)}" if 'enc_peak_mb' in rows[0] else '') + "; None: no such length in the "
+        "sweep.</p>" + goals + fig_to_img(sweep_figure(rows)) + _table(t.reset_index()) + rss)
 
 def _approx_section() -> tuple[str, str]:
-    "The approximation errors bench/attention.py saved (`approx_record`), or how to produce them."
+    "The approximation errors bench/attention.py saved, or how to produce them."
     title, p = 'Approximation error on real activations', approx_path()
-    if not p.exists():
-        return (title, f'<p>No saved approximation errors at <code>{_esc(p)}</code>: run <code>python bench/attention.py '
-                       '--approx-only</code> and re-render (the report never computes).</p>')
+    if not p.exists(): return (title, f'<p>No saved approximation errors at <code>{esc(p)}</code>: run <code>python '
+                                      'bench/attention.py --approx-only</code> and re-render (the report never computes).</p>')
     a = json.loads(p.read_text())
-    return (title, f"<p>Queries, keys and values of all {_esc(a['layers'])} layers x {_esc(a['heads'])} heads of the pretrained "
-                   f"all-MiniLM-L6-v2 on {_esc(a['n_seqs'])} window(s) of {_esc(a['T'])} tokens of WikiText-2 test "
-                   f"({_esc(a['source'])}); relative error ||approx - exact|| / ||exact|| of the attention output, mean/min/max "
-                   "over layers. 'local only' drops the pooled far field; 'uniform' is the error of giving every query the mean "
-                   f"value. Saved by <code>bench/attention.py</code> {_esc(a.get('measured', '?'))} (commit "
-                   f"{_esc(a.get('git_commit', '?'))}), deterministic.</p>" + _html_table(pd.DataFrame(a['rows']).round(4)))
+    return (title, f"<p>Queries, keys and values of all {esc(a['layers'])} layers x {esc(a['heads'])} heads of the pretrained "
+        f"all-MiniLM-L6-v2 on {esc(a['n_seqs'])} window(s) of {esc(a['T'])} tokens of WikiText-2 test ({esc(a['source'])}); relative "
+        "error ||approx - exact|| / ||exact|| of the attention output, mean/min/max over layers. 'local only' drops the pooled far "
+        f"field; 'uniform' gives every query the mean value. Saved by <code>bench/attention.py</code> {esc(a.get('measured', '?'))} "
+        f"(commit {esc(a.get('git_commit', '?'))}), deterministic.</p>" + _table(pd.DataFrame(a['rows']).round(4)))
 
 def _quality_section(records:list[dict]) -> tuple[str, str]|None:
     "Per arm, the range over seeds of perplexity, accuracy, distinct predictions and the ratio to the unigram model."
     keys = ('ptb_test_ppl', 'ptb_test_ppl_vs_unigram', 'unigram_test_ppl', 'ptb_test_acc', 'ptb_test_distinct_preds', 'final_train_loss')
     if not records or not all(k in r['metrics'] for r in records for k in keys): return None
-    q = pd.DataFrame([dict(arm=r['arm'], seed=r['seed'], **{k: r['metrics'][k] for k in keys}) for r in records])
-    g = q.groupby('arm', sort=False).agg(['min', 'max']).drop(columns='seed')
+    q = pd.DataFrame([dict(arm=r['arm'], **{k: r['metrics'][k] for k in keys}) for r in records])
+    g = q.groupby('arm', sort=False).agg(['min', 'max'])
     g.columns = [f'{a} {b}' for a, b in g.columns]
-    unigram = bool((q.ptb_test_distinct_preds <= 1).all())
-    msg = ("<p><b>Every model of every arm and seed predicts one and the same token at every masked position</b> "
-           "(top-1 predictions use a single distinct token): at this training budget the models have learnt the token "
-           "frequencies, not yet to use the context, so the perplexity claims compare how well each arm fits the unigram "
-           "distribution, not how well its attention uses context; their gate fails and they are 'uninformative'.</p>") if unigram else (
-           "<p>Top-1 predictions use more than one distinct token in at least one model: see the per-arm range.</p>")
-    msg += (f"<p>The gate of the perplexity claims: {_esc(QUALITY_GATE.text)}. Unigram model: "
-            f"{_esc(records[0]['info'].get('unigram', ''))}.</p>")
-    return ('Quality at this training budget', msg + _html_table(g.round(4).reset_index()))
+    msg = ("<p><b>Every model of every arm and seed predicts one and the same token at every masked position</b>: at this "
+           "training budget the models have learnt the token frequencies, not yet to use the context, so the perplexity claims "
+           "compare unigram fits, not attention; their gate fails and they are 'uninformative'.</p>" if (q.ptb_test_distinct_preds <= 1).all()
+           else "<p>Top-1 predictions use more than one distinct token in at least one model: see the per-arm range.</p>")
+    return ('Quality at this training budget', msg + f"<p>The gate of the perplexity claims: {esc(QUALITY_GATE.text)}. Unigram "
+            f"model: {esc(records[0]['info'].get('unigram', ''))}.</p>" + _table(g.round(4).reset_index()))
 
-def sections(records:list[dict], table:pd.DataFrame) -> list[tuple[str, str]]:
-    "Sweep and approximation errors (from bench/attention.py's saved output), quality against the unigram model, training curves."
-    from lwstudy.report import fig_to_img
+def sections(records:list[dict], # the runner's records of this experiment
+             table:pd.DataFrame, # its long table (unused: all comes from the records and bench's saved output)
+            ) -> list[tuple[str, str]]:
+    "Sweep and approximation errors (bench/attention.py's saved output), quality against the unigram model, training curves."
     long_len = records[0]['params']['long_len'] if records else task_params('quick')['long_len']
-    out = [_sweep_section(long_len), _approx_section()]
-    if (q := _quality_section(records)): out.append(q)
-    curves = [(r['arm'], r['seed'], r['series'].get('loss_curve')) for r in records if r['series'].get('loss_curve')]
-    if curves:
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(6, 3.6)); ax = fig.add_subplot(1, 1, 1)
-        for arm in dict.fromkeys(a for a, _, _ in curves):
-            c = np.array([c for a, _, c in curves if a == arm])
-            ax.plot(np.arange(1, c.shape[1] + 1), c.mean(0), label=f'{arm} (mean of {len(c)} seeds)')
-        ax.set_xlabel('step'); ax.set_ylabel('training MLM loss'); ax.grid(alpha=0.3); ax.legend(fontsize=8)
-        out.append(('Training curves', fig_to_img(fig)))
+    out = [_sweep_section(long_len), _approx_section()] + ([q] if (q := _quality_section(records)) else [])
+    if any(r['series'].get('loss_curve') for r in records):
+        out.append(('Training curves', fig_to_img(seed_curves(records, 'loss_curve', ylabel='training MLM loss').figure)))
     return out
