@@ -85,7 +85,8 @@ def record_qkv(texts: list, T: int = 512, n_seqs: int = 2) -> list:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
     from lwstudy.models import load_pretrained
-    from lwstudy.techniques.attention import _hf, _key_padding_mask, _tokenizer, _wrap
+    from lwstudy.techniques.attention import _hf, _key_padding_mask
+    from lwstudy.mlm import lm_tokenizer as _tokenizer, wrap_windows as _wrap
     AttentionInterface.register('lw_record', _hf(_record)); AttentionMaskInterface.register('lw_record', _key_padding_mask)
     ids = torch.tensor(_tokenizer()(' '.join(texts), add_special_tokens=False)['input_ids'][:n_seqs * (T - 2)])
     model = load_pretrained('minilm', attn_implementation='lw_record')
@@ -113,7 +114,7 @@ def approximation_errors(recorded: list, blocks=(32, 64, 128, 256)):
 def approx_record(T: int = 512, n_seqs: int = 2, blocks=(32, 64, 128, 256), profile: str = 'quick') -> dict:
     "`approximation_errors` on MiniLM's activations over WikiText-2 test (`profile`: where it comes from), with its source."
     from lwstudy import data
-    from lwstudy.techniques.attention import lm_texts
+    from lwstudy.mlm import lm_texts
     data.sources_used(reset=True)
     rec = record_qkv(lm_texts('wikitext', 'test', profile, 'wikitext-2-raw-v1'), T=T, n_seqs=n_seqs)
     errs = approximation_errors(rec, blocks=blocks)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/10_attention.ipynb #c002
 from __future__ import annotations
-import functools, itertools, json, math, warnings
+import functools, json, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,18 +16,18 @@ from transformers.masking_utils import AttentionMaskInterface
 from .. import data
 from ..core import by_profile, current_device, make_generator
 from ..measure import count_flops, peak_memory_mb, require_memory, time_it
-from ..models import bert_tokenizer, count_params, distilbert_mlm
+from ..mlm import MASK_RATE, UNIGRAM_ALPHAS, lm_texts, mask_tokens, mlm_loss, mlm_scores, token_windows, unigram_ppl
+from ..models import count_params, distilbert_mlm
 from ..report import esc, fig_to_img, html_table, seed_curves
 from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate_mean
 from ..train import WarmupLinear, autocast, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['B_MIN', 'ATTENTIONS', 'EVAL_MASK_SEED', 'MASK_RATE', 'UNIGRAM_ALPHAS', 'INFER_BATCH', 'MODEL_KEYS', 'ARM_NAMES',
-           'METRICS', 'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'SWEEP_KEYS',
-           'block_size_for', 'blockpool_attention', 'linear_attention', 'softmax_attention', 'register', 'build_mlm',
-           'lm_texts', 'train_splits', 'token_windows', 'mask_tokens', 'mlm_loss', 'mlm_scores', 'unigram_ppl',
-           'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'sweep_path', 'approx_path',
-           'crossover', 'sweep_table', 'sweep_figure', 'sections']
+__all__ = ['B_MIN', 'ATTENTIONS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'MODEL_KEYS', 'ARM_NAMES', 'METRICS', 'PPL_TOL', 'TIME_GOAL',
+           'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'SWEEP_KEYS', 'block_size_for', 'blockpool_attention',
+           'linear_attention', 'softmax_attention', 'register', 'build_mlm', 'train_splits', 'cost_step',
+           'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'sweep_path', 'approx_path', 'crossover',
+           'sweep_table', 'sweep_figure', 'sections']
 
 # %% ../../nbs/10_attention.ipynb #c005
 B_MIN = 32  # smallest block
@@ -145,28 +145,7 @@ def build_mlm(cfg:dict, # distilbert_mlm sizes: dim, n_layers, n_heads, hidden_d
     return distilbert_mlm(**cfg, attn_implementation=attn, attention_dropout=attn_dropout)
 
 # %% ../../nbs/10_attention.ipynb #c027
-@functools.cache
-def _tokenizer():
-    tok = bert_tokenizer(); tok.model_max_length = 10 ** 9  # we chunk ourselves
-    return tok
-
-def _wrap(body:torch.Tensor) -> torch.Tensor:
-    "Every row of `body` (N, T - 2) as `[CLS] row [SEP]`."
-    tok, n = _tokenizer(), len(body)
-    return torch.cat([torch.full((n, 1), tok.cls_token_id), body, torch.full((n, 1), tok.sep_token_id)], 1)
-
-def lm_texts(name:str, # a dataset of `lwstudy.data`
-             split:str, # its split
-             profile:str, # where the data come from
-             config:str|None=None, # its config
-            ) -> list[str]:
-    "Non-blank lines of an LM dataset, with '<unk>' written as the tokenizer's [UNK]."
-    df = data.load(name, split, profile, config)
-    col = 'sentence' if 'sentence' in df.columns else 'text'
-    return [t.strip().replace('<unk>', '[UNK]') for t in df[col] if t and t.strip()]
-
 EVAL_MASK_SEED = 20_240_601  # the evaluation masks' seed: the same PTB positions for every arm and seed
-MASK_RATE = 0.15  # BERT's: the fraction of non-special tokens masked, in training and evaluation
 
 def train_splits(profile:str) -> list[tuple]:
     "(name, split, config) of the training text for a profile (see the markdown above)."
@@ -177,96 +156,6 @@ def train_splits(profile:str) -> list[tuple]:
     if all(data.resolve(n, s, profile, c).kind == 'mirror' for n, s, c in mirror): return mirror
     return hub  # resolves to the stand-in
 
-@functools.lru_cache(maxsize=4)
-def _token_stream(texts:tuple) -> torch.Tensor:
-    "`texts` tokenized and concatenated (once per process per text)."
-    ids = _tokenizer()(list(texts), add_special_tokens=False)['input_ids']
-    return torch.from_numpy(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64))
-
-def token_windows(splits:list[tuple], # (name, split, config) of the texts, concatenated in this order
-                  profile:str, # where the data come from
-                  seq_len:int, # tokens per window, [CLS] and [SEP] included
-                  n_max:int|None=None, # at most this many windows (None: all the text gives)
-                 ) -> torch.Tensor:
-    "Windows (N, seq_len) of `[CLS] tokens [SEP]` cut from the concatenated texts of `splits`."
-    texts = tuple(t for n, s, c in splits for t in lm_texts(n, s, profile, c))  # loaded every time: the runner records sources
-    stream, w = _token_stream(texts), seq_len - 2
-    n = len(stream) // w if n_max is None else min(n_max, len(stream) // w)
-    if n_max is not None and n < n_max:  # never silently fewer: the report's data section names the source
-        warnings.warn(f"{', '.join(f'{a}/{b}' for a, b, _ in splits)} ({profile}): asked {n_max} windows of {seq_len} tokens, "
-                      f"the text gives {n}; using {n}")
-    return _wrap(stream[:n * w].view(n, w))
-
-def mask_tokens(ids:torch.Tensor, # token windows (N, T)
-                gen:torch.Generator, # draws which tokens and their replacements
-                rate:float=MASK_RATE, # fraction of the non-special tokens selected
-                bert_mix:bool=True, # BERT's 80% [MASK] / 10% random / 10% kept (False: all [MASK])
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    "(inputs, labels) for masked LM: labels are the selected tokens' ids, -100 elsewhere."
-    tok = _tokenizer()
-    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
-    sel = (torch.rand(ids.shape, generator=gen) < rate) & ~special
-    labels = torch.where(sel, ids, torch.full_like(ids, -100))
-    inputs = ids.clone()
-    if not bert_mix: inputs[sel] = tok.mask_token_id; return inputs, labels
-    r = torch.rand(ids.shape, generator=gen)
-    inputs[sel & (r < 0.8)] = tok.mask_token_id
-    rnd = sel & (r >= 0.8) & (r < 0.9)
-    inputs[rnd] = torch.randint(999, tok.vocab_size, (int(rnd.sum()),), generator=gen)  # ids >= 999: ordinary wordpieces
-    return inputs, labels
-
-# %% ../../nbs/10_attention.ipynb #c029
-def mlm_loss(model, # a DistilBertForMaskedLM
-             batch, # (inputs, labels), labels -100 where not masked
-            ):
-    "Masked-LM cross-entropy with the head on the masked positions only; returns (loss, logits of those positions)."
-    ids, labels = batch
-    h = model.distilbert(input_ids=ids).last_hidden_state  # kept to the end, as before: it counts in the peak-memory metrics
-    sel = labels != -100
-    logits = model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h[sel]))))  # the model's head
-    return F.cross_entropy(logits, labels[sel]), logits
-
-@torch.no_grad()
-def mlm_scores(model, # a DistilBertForMaskedLM
-               inputs:torch.Tensor, # masked windows (N, T)
-               labels:torch.Tensor, # their labels (-100: not scored)
-               batch_size:int=64, # windows per forward
-               precision:str='fp32', # the forward's precision (see `train.resolve_precision`); the cross-entropy is in fp32
-              ) -> dict:
-    "Masked-token perplexity, accuracy, and how many distinct tokens the top-1 predictions use (1: a unigram model)."
-    model.eval()
-    total, correct, n, preds = 0.0, 0, 0, []
-    for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i:i + batch_size].to(current_device()), labels[i:i + batch_size].to(current_device())
-        with autocast(precision, current_device()): _, logits = mlm_loss(model, (x, y))
-        logits = logits.float()
-        t = y[y != -100]
-        pred = logits.argmax(-1); preds.append(pred)
-        total += F.cross_entropy(logits, t, reduction='sum').item(); correct += (pred == t).sum().item(); n += len(t)
-    return dict(ppl=math.exp(total / n), acc=correct / n, n_tokens=n, distinct_preds=len(torch.cat(preds).unique()))
-
-# %% ../../nbs/10_attention.ipynb #c030b
-UNIGRAM_ALPHAS = (0.01, 0.1, 0.5, 1.0, 2.0)  # add-alpha smoothing grid (the best on PTB validation is used)
-
-def _unigram_logp(counts:torch.Tensor, alpha:float) -> torch.Tensor:
-    c = counts.double() + alpha
-    return (c / c.sum()).log()
-
-def _masked_ppl(logp:torch.Tensor, labels:torch.Tensor) -> float:
-    return math.exp(-float(logp[labels[labels != -100]].mean()))
-
-def unigram_ppl(train_ids:torch.Tensor, # training windows (N, T) of token ids
-                val_labels:torch.Tensor, # masked-LM labels of the validation windows (-100: not scored)
-                test_labels:torch.Tensor, # the same for the test windows
-                vocab:int, # vocabulary size
-                alphas=UNIGRAM_ALPHAS, # smoothing grid
-               ) -> dict:
-    "Masked-token perplexity on `test_labels` of the add-alpha unigram model of `train_ids`, alpha chosen on `val_labels`."
-    ids = train_ids[~torch.isin(train_ids, torch.tensor(_tokenizer().all_special_ids))]
-    counts = torch.bincount(ids, minlength=vocab)
-    val = {a: _masked_ppl(_unigram_logp(counts, a), val_labels) for a in alphas}
-    best = min(val, key=val.get)
-    return dict(alpha=best, val_ppl=val[best], test_ppl=_masked_ppl(_unigram_logp(counts, best), test_labels))
 
 # %% ../../nbs/10_attention.ipynb #c035
 INFER_BATCH = 32  # sequences in the timed eval forward at seq_len
