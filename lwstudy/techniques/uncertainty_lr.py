@@ -18,11 +18,11 @@ from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_
 from ..train import Callback, evaluate, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TABLES', 'CPU_BATCH', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX',
-           'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR', 'UncertaintyLR',
-           'CosineWarmup', 'PlateauLR', 'ValTracker', 'make_scheduler', 'EntropyMonitor', 'run_schedule',
-           'run_settings', 'cifar_task', 'lower_states', 'TopClassifier', 'FrozenLowerClassifier', 'imdb_task',
-           'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_frames', 'squad_task',
+__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
+           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR',
+           'UncertaintyLR', 'CosineWarmup', 'PlateauLR', 'ValTracker', 'make_scheduler', 'EntropyMonitor',
+           'run_schedule', 'run_settings', 'cifar_task', 'lower_states', 'TopClassifier', 'FrozenLowerClassifier',
+           'imdb_task', 'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_frames', 'squad_task',
            'task_params', 'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
@@ -34,7 +34,7 @@ def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over th
     h = -(logp.exp() * logp).sum(-1).mean().item()
     return h / math.log(logits.shape[-1]) if normalise else h
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c009
+# %% ../../nbs/50_uncertainty_lr.ipynb #c010
 class Scheduler(Callback):
     "Base of the LR schedules compared here: times its own work (`overhead_s`) and records the LR after every step."
     def __init__(self): self.overhead_s, self.lr_trace = 0.0, []
@@ -50,7 +50,6 @@ class Scheduler(Callback):
 class FixedLR(Scheduler):
     "The plan's baseline: the LR never changes."
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c010
 class UncertaintyLR(Scheduler):
     "Every `every` steps compare the window's mean normalised entropy with a threshold and scale the LR by `factor` or 1/`factor`."
     def __init__(self, every:int=10, # steps per window (the plan: 10)
@@ -115,7 +114,7 @@ class PlateauLR(Scheduler):
                                                                 min_lr=state.lr * self.lr_min_frac)
     def eval_step(self, state, val_loss): self.sched.step(val_loss)
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c023
+# %% ../../nbs/50_uncertainty_lr.ipynb #c024
 class ValTracker(Callback):
     "Validation score every `eval_every` steps; first step reaching `target`; eval time kept apart."
     def __init__(self, evaluate_fn, # model -> dict with 'score' (higher is better) and 'loss'
@@ -140,7 +139,6 @@ class ValTracker(Callback):
     @property
     def steps_to_target(self) -> int: return self.hit if self.hit is not None else self.budget + 1
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c024
 SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
 ENTROPY_THRESHOLD = 0.5  # half the maximum entropy log K; fixed a priori, the same for every task and profile
 SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
@@ -190,7 +188,7 @@ def run_schedule(model, # the model to train (in place)
     train_s = state.train_s - val.eval_s
     decisions = list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
-                sched_overhead_frac=sched.overhead_s / train_s, sched_overhead_s=sched.overhead_s,
+                sched_overhead_frac=sched.overhead_s / train_s,
                 lr_trace=sched.lr_trace[::max(1, p['every'] // 2)], entropy_trace=mon.trace, val_curve=val.curve,
                 decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step)
 
@@ -300,14 +298,10 @@ def _text_features(name, split, profile, n, model_name, max_len, n_frozen, cache
     key = dict(dataset=name, split=split, source=source, n=n, seed=0, model=model_name, max_len=max_len, n_frozen=n_frozen, cache_lower=cache_lower)
     return compute() if rnd else disk_cached('uncertainty_lr', key, compute, tag=f'{name}_{split}')
 
-def _text_loss(model, batch):
-    h, m, y = batch
-    logits = model(h, m)
-    return F.cross_entropy(logits.float(), y), logits
+def _text_forward(model, batch): return model(batch[0], batch[1]), batch[2]
 
-def _text_forward(model, batch):
-    h, m, y = batch
-    return model(h, m), y
+def _text_loss(model, batch):
+    logits, y = _text_forward(model, batch); return F.cross_entropy(logits.float(), y), logits
 
 def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
               seed:int, # initialisation and data order
@@ -456,8 +450,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         steps=(24, 96, 50 * 1407, 2),                # the budget, steps (full: the plan's 50 epochs)
         every=(4, 10, 10, 2),                        # steps per uncertainty-rule window (the plan: 10)
         eval_every=(8, 16, 1407, 2),                 # steps between validation passes (full: one epoch)
-        target=(0.2, 0.33, 0.85, 0.85),              # validation accuracy defining steps to target (quick: fixed-LR pilot)
-        precision='auto'),                           # train.resolve_precision in each cell: bf16 where native, else fp32
+        target=(0.2, 0.33, 0.85, 0.85)),             # validation accuracy defining steps to target (quick: fixed-LR pilot)
     imdb=_by_profile(
         model=('minilm', 'minilm', 'bert-base', 'bert-base'),  # smoke/quick: MiniLM-L6, the encoder shipped offline (the plan: BERT-base)
         n_frozen=(5, 5, 0, 0),                       # lower layers frozen (MiniLM: 5 of 6; BERT-base: embeddings only)
@@ -471,8 +464,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         steps=(16, 96, 50 * 704, 2),                 # the budget, steps (full: 50 epochs)
         every=(4, 10, 10, 2),                        # steps per rule window
         eval_every=(8, 16, 704, 2),                  # steps between validation passes
-        target=(0.55, 0.7, 0.9, 0.9),                # validation accuracy defining steps to target (quick: fixed-LR pilot)
-        precision='auto'),
+        target=(0.55, 0.7, 0.9, 0.9)),               # validation accuracy defining steps to target (quick: fixed-LR pilot)
     squad_v2=_by_profile(('full', 'dryrun'),         # full and dryrun only: the mirror has 1,124 dev questions, no train split
         model='bert-large',                          # the plan's
         max_len=384,                                 # tokens per window
@@ -486,8 +478,8 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         steps=(2 * 4063, 2),                         # the budget, steps (full: 2 epochs)
         every=(10, 2),                               # steps per rule window
         eval_every=(1000, 2),                        # steps between validation passes
-        target=0.7,                                  # validation F1 defining steps to target (a round guess)
-        precision='auto'))
+        target=0.7))                                 # validation F1 defining steps to target (a round guess)
+PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
 CPU_BATCH = dict(imdb=1, squad_v2=1)  # dryrun on the CPU: the BERT tasks' batch (slices shrink with it), so steps take seconds
 
 def task_params(profile:str) -> dict:
@@ -574,7 +566,7 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         ) -> Spec:
     "The experiment: four LR schedules, paired by seed, on every task of the profile."
     tasks = task_params(profile)
-    arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], parts=tasks) for s in SCHEDULES}
+    arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], precision=PRECISION, parts=tasks) for s in SCHEDULES}
     u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
     datasets = [(d, s, None) for d in ('cifar10', 'imdb') for s in ('train', 'test')]
     if 'squad_v2' in tasks: datasets += [('squad_v2', s, None) for s in sorted({tasks['squad_v2']['train_split'], 'validation'})]
@@ -611,7 +603,7 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         f"({', '.join(f'{t} {CHANCE[t]:g}' for t in tasks)}) by {LEARN_MARGIN:g}; 'faster' also needs the fixed LR or the rule to reach "
         "the target in some seed. A rule that only cuts is a step decay, not the signal at work ('uninformative'). Primary: the plan's "
         f"three hypotheses (converges faster, generalises better, minimal overhead) on {PRIMARY_TASK}; the rest are exploratory.",
-        "Precision 'auto' (train.resolve_precision, per cell and device, in its note): bf16 autocast on CUDA and on CPUs with native bf16, "
+        f"Precision '{PRECISION}' (train.resolve_precision, per cell and device, in its note): bf16 autocast on CUDA and on CPUs with native bf16, "
         "else fp32, every arm alike. Until version 2 smoke/quick used bf16 and full fp32; the quick targets (fp32 pilot) were not re-tuned.",
         f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps, then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: torch "
         f"ReduceLROnPlateau on the validation loss (factor {pl['factor']}, patience {pl['patience']} pass, floor {pl['lr_min_frac']} x LR), "
@@ -644,20 +636,17 @@ def sections(records:list, # the technique's stored records
     from matplotlib.figure import Figure
     from lwstudy.report import esc, fig_to_img, html_table, seed_curves
     if not records: return []
-    tasks = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')]
-    figs = []
+    tasks, figs = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')], []
     for rows in ((('lr_trace', 'learning rate'), ('entropy_trace', 'training entropy / log K (window means)')),
                  (('val_curve', 'validation score'),)):
         fig = Figure(figsize=(4.5 * len(tasks), 3.2 * len(rows)))
-        for i, (key, what) in enumerate(rows):
-            for j, t in enumerate(tasks):
-                ax = seed_curves(_xy(records, f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), i * len(tasks) + j + 1),
-                                 what, x_key='step', arms=SCHEDULES)
-                ax.set_title(f'{t}: {what}', fontsize=10)
-                if key == 'lr_trace': ax.set_yscale('log')
-                if key == 'val_curve':
-                    tgt = part_params(records[0]['params'], t)['target']
-                    ax.axhline(tgt, ls='--', color='grey', lw=1, label=f'target {tgt}'); ax.legend(fontsize=8)
+        for n, ((key, what), t) in enumerate((r, t) for r in rows for t in tasks):
+            ax = seed_curves(_xy(records, f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
+                             arms=SCHEDULES)
+            ax.set_title(f'{t}: {what}', fontsize=10); ax.set_yscale('log' if key == 'lr_trace' else 'linear')
+            if key == 'val_curve':
+                tgt = part_params(records[0]['params'], t)['target']
+                ax.axhline(tgt, ls='--', color='grey', lw=1, label=f'target {tgt}'); ax.legend(fontsize=8)
         fig.tight_layout(); figs.append(fig_to_img(fig))
     unc = sorted((r for r in records if r['arm'] == 'uncertainty'), key=lambda r: r['seed'])
     rows = pd.DataFrame([{'seed': r['seed'], 'task': t, 'uncertainty rule decisions': r['info'].get(f'{t}_rule_actions', ''),
