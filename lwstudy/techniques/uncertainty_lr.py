@@ -4,24 +4,24 @@
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c002
 from __future__ import annotations
-import copy, hashlib, html, io, math, re, string, time
+import copy, functools, math, re, string, time
 from collections import Counter
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from scipy import stats as sps
-from ..core import BadInput, atomic_write, by_profile, cache_dir, check_choice, current_device
+from ..core import PROFILES, BadInput, check_choice, current_device, disk_cached
 from ..data import image_tensors, load, scale_to_available, take
-from ..models import bert_tokenizer, count_params, from_config_or_pretrained, load_pretrained, masked_mean_pool, pretrained_path, resnet18
-from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean
+from ..models import bert_tokenizer, count_params, from_config_or_pretrained, masked_mean_pool, pretrained_path, resnet18
+from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..train import Callback, evaluate, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN',
-           'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR', 'UncertaintyLR', 'CosineWarmup', 'PlateauLR',
-           'ValTracker', 'make_scheduler', 'EntropyMonitor', 'run_schedule', 'run_settings', 'cifar_task',
-           'lower_states', 'TopClassifier', 'FrozenLowerClassifier', 'random_ok', 'encoder', 'text_features',
+__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
+           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR',
+           'UncertaintyLR', 'CosineWarmup', 'PlateauLR', 'ValTracker', 'make_scheduler', 'EntropyMonitor',
+           'run_schedule', 'run_settings', 'cifar_task', 'lower_states', 'TopClassifier', 'FrozenLowerClassifier',
            'imdb_task', 'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_frames', 'squad_task',
            'task_params', 'fit', 'rule_gate', 'spec', 'sections']
 
@@ -34,18 +34,15 @@ def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over th
     h = -(logp.exp() * logp).sum(-1).mean().item()
     return h / math.log(logits.shape[-1]) if normalise else h
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c009
+# %% ../../nbs/50_uncertainty_lr.ipynb #c010
 class Scheduler(Callback):
     "Base of the LR schedules compared here: times its own work (`overhead_s`) and records the LR after every step."
     def __init__(self): self.overhead_s, self.lr_trace = 0.0, []
-    def before_fit(self, state):
-        t0 = time.perf_counter(); self.lr0 = state.lr; self.start(state); self.overhead_s += time.perf_counter() - t0
-    def after_step(self, state):
-        t0 = time.perf_counter(); self.step(state); self.overhead_s += time.perf_counter() - t0
-        self.lr_trace.append((state.step, state.lr))
-    def on_eval(self, state, val_loss:float):
-        "Called by `ValTracker` after each validation pass."
-        t0 = time.perf_counter(); self.eval_step(state, val_loss); self.overhead_s += time.perf_counter() - t0
+    def _timed(self, f, *a):
+        t0 = time.perf_counter(); f(*a); self.overhead_s += time.perf_counter() - t0
+    def before_fit(self, state): self.lr0 = state.lr; self._timed(self.start, state)
+    def after_step(self, state): self._timed(self.step, state); self.lr_trace.append((state.step, state.lr))
+    def on_eval(self, state, val_loss:float): self._timed(self.eval_step, state, val_loss)  # called by `ValTracker`
     def start(self, state): pass
     def step(self, state): pass
     def eval_step(self, state, val_loss): pass
@@ -53,7 +50,6 @@ class Scheduler(Callback):
 class FixedLR(Scheduler):
     "The plan's baseline: the LR never changes."
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c010
 class UncertaintyLR(Scheduler):
     "Every `every` steps compare the window's mean normalised entropy with a threshold and scale the LR by `factor` or 1/`factor`."
     def __init__(self, every:int=10, # steps per window (the plan: 10)
@@ -95,8 +91,10 @@ class UncertaintyLR(Scheduler):
 # %% ../../nbs/50_uncertainty_lr.ipynb #c020
 class CosineWarmup(Scheduler):
     "Linear warmup over `warmup_frac` of `total_steps`, then cosine decay to `lr_min_frac` x peak."
-    def __init__(self, total_steps:int, warmup_frac:float=0.1, lr_min_frac:float=0.0):
-        super().__init__(); self.total, self.warm, self.floor = total_steps, max(1, round(warmup_frac * total_steps)), lr_min_frac
+    def __init__(self, total_steps:int, # the budget (steps)
+                 warmup_frac:float=0.1, # fraction of the budget spent warming up
+                 lr_min_frac:float=0.0, # the floor, a fraction of the peak
+                ): super().__init__(); self.total, self.warm, self.floor = total_steps, max(1, round(warmup_frac * total_steps)), lr_min_frac
     def lr_at(self, s:int) -> float:
         "LR for 0-based step `s`."
         if s < self.warm: return self.lr0 * (s + 1) / self.warm
@@ -107,18 +105,24 @@ class CosineWarmup(Scheduler):
 
 class PlateauLR(Scheduler):
     "`torch.optim.lr_scheduler.ReduceLROnPlateau` stepped on each validation loss."
-    def __init__(self, factor:float=0.5, patience:int=1, lr_min_frac:float=0.01):
-        super().__init__(); self.factor, self.patience, self.lr_min_frac = factor, patience, lr_min_frac
+    def __init__(self, factor:float=0.5, # LR multiplier on a plateau
+                 patience:int=1, # validation passes without improvement before a cut
+                 lr_min_frac:float=0.01, # the floor, a fraction of the initial LR
+                ): super().__init__(); self.factor, self.patience, self.lr_min_frac = factor, patience, lr_min_frac
     def start(self, state):
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(state.opt, 'min', factor=self.factor, patience=self.patience,
                                                                 min_lr=state.lr * self.lr_min_frac)
     def eval_step(self, state, val_loss): self.sched.step(val_loss)
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c023
+# %% ../../nbs/50_uncertainty_lr.ipynb #c024
 class ValTracker(Callback):
     "Validation score every `eval_every` steps; first step reaching `target`; eval time kept apart."
     def __init__(self, evaluate_fn, # model -> dict with 'score' (higher is better) and 'loss'
-                 eval_every:int, target:float, budget:int, schedulers=()):
+                 eval_every:int, # steps between passes (and one after the last step)
+                 target:float, # the score whose first crossing is "steps to target"
+                 budget:int, # the training steps; a miss is recorded as budget + 1
+                 schedulers=(), # `Scheduler`s told each validation loss (`on_eval`)
+                ):
         self.evaluate_fn, self.every, self.target, self.budget, self.schedulers = evaluate_fn, eval_every, target, budget, schedulers
         self.curve, self.hit, self.eval_s = [], None, 0.0  # eval_s: validation time inside the training loop
     def _eval(self, state, in_loop=True):
@@ -135,7 +139,6 @@ class ValTracker(Callback):
     @property
     def steps_to_target(self) -> int: return self.hit if self.hit is not None else self.budget + 1
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c024
 SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
 ENTROPY_THRESHOLD = 0.5  # half the maximum entropy log K; fixed a priori, the same for every task and profile
 SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
@@ -170,31 +173,24 @@ class EntropyMonitor(Callback):
         if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
-def run_schedule(model, loader, schedule:str, *,
-                 lr:float, # initial (peak) LR
-                 steps:int, # training budget
-                 every:int, # the uncertainty rule's window; also the entropy monitor's
-                 eval_every:int, # steps between validation passes
-                 target:float, # validation score that defines "steps to target"
-                 evaluate_fn, # model -> dict(score=..., loss=...)
+def run_schedule(model, # the model to train (in place)
+                 loader, # training batches
+                 p:dict, # the part's params: schedule, schedule_kw, lr (initial/peak), steps, every, eval_every, target, precision
+                 evaluate_fn, # model -> dict(score=..., loss=...) on the validation slice
                  loss_fn=None, # (model, batch) -> (loss, logits); default: classification on (x, y)
-                 params=None, # the parameters to optimise; default: every trainable one
-                 precision:str='fp32', # a policy or precision (see `train.resolve_precision`)
-                 schedule_kw:dict|None=None, # the schedule's settings (default: `SCHEDULE_KW[schedule]`)
                 ) -> dict:
-    "Train `model` with Adam under `schedule` for `steps` steps; metrics and traces."
-    opt = torch.optim.Adam(params if params is not None else [p for p in model.parameters() if p.requires_grad], lr=lr)
-    sched, mon = make_scheduler(schedule, steps, every, schedule_kw), EntropyMonitor(every)
-    val = ValTracker(evaluate_fn, eval_every, target, steps, schedulers=[sched])
+    "Train `model` with Adam under `p['schedule']` for `p['steps']` steps; metrics and traces."
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p['lr'])
+    sched, mon = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw']), EntropyMonitor(p['every'])
+    val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched])
     kw = dict(loss_fn=loss_fn) if loss_fn else {}
-    state = train(model, loader, opt, epochs=10**6, max_steps=steps, callbacks=[val, mon, sched], precision=precision, **kw)
+    state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched], precision=p['precision'], **kw)
     train_s = state.train_s - val.eval_s
-    acts = Counter(d[-1] for d in getattr(sched, 'trace', []))
+    decisions = list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
-                sched_overhead_frac=sched.overhead_s / train_s, sched_overhead_s=sched.overhead_s,
-                lr_trace=sched.lr_trace[::max(1, every // 2)], entropy_trace=mon.trace, val_curve=val.curve,
-                decisions=list(getattr(sched, 'trace', [])), rule_cuts=acts['down'], rule_raises=acts['up'],
-                final_lr=state.lr, steps=state.step)
+                sched_overhead_frac=sched.overhead_s / train_s,
+                lr_trace=sched.lr_trace[::max(1, p['every'] // 2)], entropy_trace=mon.trace, val_curve=val.curve,
+                decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c028
 def _score_fn(loader, forward=None, precision='fp32'):
@@ -204,10 +200,10 @@ def _score_fn(loader, forward=None, precision='fp32'):
         return dict(score=s['accuracy'], loss=s['loss'])
     return f
 
-def run_settings(p:dict, # a task's params (see `task_params`)
+def run_settings(p:dict, # a part's params (see `task_params`)
                  name:str|None, # the dataset the task reads (None: no scaling)
                  test_split:str|None, # its held-out split
-                 profile:str,
+                 profile:str, # the run's profile (selects the data source)
                 ) -> dict:
     "`p` as this run uses it: sizes scaled to the rows the resolved source has, precision and batch size resolved for the device."
     q = dict(p)
@@ -222,22 +218,19 @@ def run_settings(p:dict, # a task's params (see `task_params`)
                  **{k: max(2, round(q[k] * f)) for k in ('n_val', 'n_test') if q[k]})
     return q
 
-def cifar_task(p:dict, # the task's params (see `task_params`)
-               seed:int, profile:str,
-               schedule:str, # one of `SCHEDULES`
-               schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
+               seed:int, # initialisation and data order
+               profile:str, # the run's profile
               ) -> dict:
-    "Train ResNet-18 (width `p['width']`) on CIFAR-10 under `schedule`; test accuracy/F1 and the run's traces."
+    "Train ResNet-18 (width `p['width']`) on CIFAR-10 under `p['schedule']`; test accuracy/F1 and the run's traces."
     p = run_settings(p, 'cifar10', 'test', profile)
     x, y = image_tensors('cifar10', 'train', profile, n=p['n_train'] + p['n_val'])
     xv, yv, x, y = x[p['n_train']:], y[p['n_train']:], x[:p['n_train']], y[:p['n_train']]
     xt, yt = image_tensors('cifar10', 'test', profile, n=p['n_test'])
     torch.manual_seed(seed)
     model = resnet18(n_classes=10, width=p['width']).to(current_device())
-    out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), schedule, lr=p['lr'], steps=p['steps'],
-                       every=p['every'], eval_every=p['eval_every'], target=p['target'], precision=p['precision'],
-                       evaluate_fn=_score_fn(make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']),
-                       schedule_kw=schedule_kw)
+    out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), p,
+                       _score_fn(make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']))
     s = evaluate(model, make_loader(xt, yt, batch_size=512, shuffle=False), precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p)
 
@@ -247,7 +240,10 @@ def _bool_mask(mask:torch.Tensor) -> torch.Tensor:
     return mask.bool()[:, None, None, :]
 
 @torch.no_grad()
-def lower_states(encoder, ids:torch.Tensor, mask:torch.Tensor, n_frozen:int, batch_size:int=64) -> torch.Tensor:
+def lower_states(encoder, # a BERT-style encoder (`embeddings`, `encoder.layer`)
+                 ids:torch.Tensor, mask:torch.Tensor, # (N, T) token ids and padding mask
+                 n_frozen:int, # layers to run after the embeddings
+                 batch_size:int=64):
     "Hidden states after the embeddings and the first `n_frozen` layers of a BERT-style `encoder`."
     encoder.eval(); out = []
     for i in range(0, len(ids), batch_size):
@@ -267,8 +263,7 @@ class TopClassifier(nn.Module):
         m = _bool_mask(mask)
         for layer in self.layers: h = layer(h, attention_mask=m)
         return h
-    def forward(self, h, mask):
-        return self.head(masked_mean_pool(self.encode(h, mask), mask))
+    def forward(self, h, mask): return self.head(masked_mean_pool(self.encode(h, mask), mask))
 
 class FrozenLowerClassifier(nn.Module):
     "The same model from token ids: the frozen lower part run (without gradients) on every batch, for data too big to cache."
@@ -280,73 +275,53 @@ class FrozenLowerClassifier(nn.Module):
         return self.top(lower_states(self.lower[0].to(ids.device), ids, mask, self.n_frozen, batch_size=len(ids)), mask)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c032
-_features: dict = {}
-
-_encoders: dict = {}
-
-def random_ok(name:str, profile:str) -> bool:
+def _random_ok(name:str, profile:str) -> bool:
     "Whether this run builds `name` with random weights (`dryrun` only, when its pretrained weights are unavailable offline)."
     if profile != 'dryrun': return False
     try: pretrained_path(name); return False
     except BadInput: return True
 
-def encoder(name:str, profile:str='quick'):
-    "A BERT-family encoder and its weights' note, loaded once per process (callers copy the layers they train)."
-    key = (name, random_ok(name, profile))
-    if key not in _encoders: _encoders[key] = from_config_or_pretrained(name, profile)
-    return _encoders[key]
+@functools.cache
+def _encoder(name, rnd, profile):
+    "A BERT-family encoder and its weights' note, once per process (`rnd`: random weights; callers copy the layers they train)."
+    return from_config_or_pretrained(name, profile)
 
-def text_features(name:str, split:str, profile:str,
-                  n:int, # rows (a fixed random subset)
-                  model_name:str, max_len:int,
-                  n_frozen:int, # lower layers run once here (with `cache_lower`)
-                  seed:int=0, # the subset's seed
-                  cache_lower:bool=True, # store the frozen part's hidden states, else token ids
-                 ):
-    "A fixed slice of a text split as (frozen-part hidden states, or token ids if not `cache_lower`, mask, labels); cached."
-    df = take(load(name, split, profile), n, seed)
-    rnd = random_ok(model_name, profile)
-    key = f"{name}|{split}|{df.attrs['source']}|{n}|{seed}|{model_name}{'|random' if rnd else ''}|{max_len}|{n_frozen}|{cache_lower}"
-    if key in _features: return _features[key]
-    f = cache_dir()/'uncertainty_lr'/f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-    if f.exists() and not rnd: _features[key] = torch.load(f, weights_only=True); return _features[key]
-    b = bert_tokenizer(model_name, profile)(list(df['text']), padding='max_length', truncation=True, max_length=max_len,
-                                           return_tensors='pt')
-    h = lower_states(encoder(model_name, profile)[0], b['input_ids'], b['attention_mask'], n_frozen) if cache_lower else b['input_ids']
-    out = (h.contiguous(), b['attention_mask'], torch.tensor(df['label'].to_numpy(copy=True), dtype=torch.long))
-    if not rnd:  # features of random weights are not kept
-        buf = io.BytesIO(); torch.save(out, buf); atomic_write(f, buf.getvalue())
-    _features[key] = out
-    return out
+@functools.cache  # per process; on disk (`core.disk_cached`) unless the weights are random
+def _text_features(name, split, profile, n, model_name, max_len, n_frozen, cache_lower, source, rnd):
+    "A fixed slice (seed 0) of a text split as (frozen-part hidden states, or token ids if not `cache_lower`, mask, labels)."
+    df = take(load(name, split, profile), n, 0)
+    def compute():
+        b = bert_tokenizer(model_name, profile)(list(df['text']), padding='max_length', truncation=True, max_length=max_len,
+                                               return_tensors='pt')
+        h = lower_states(_encoder(model_name, rnd, profile)[0], b['input_ids'], b['attention_mask'], n_frozen) if cache_lower else b['input_ids']
+        return h.contiguous(), b['attention_mask'], torch.tensor(df['label'].to_numpy(copy=True), dtype=torch.long)
+    key = dict(dataset=name, split=split, source=source, n=n, seed=0, model=model_name, max_len=max_len, n_frozen=n_frozen, cache_lower=cache_lower)
+    return compute() if rnd else disk_cached('uncertainty_lr', key, compute, tag=f'{name}_{split}')
+
+def _text_forward(model, batch): return model(batch[0], batch[1]), batch[2]
 
 def _text_loss(model, batch):
-    h, m, y = batch
-    logits = model(h, m)
-    return F.cross_entropy(logits.float(), y), logits
+    logits, y = _text_forward(model, batch); return F.cross_entropy(logits.float(), y), logits
 
-def _text_forward(model, batch):
-    h, m, y = batch
-    return model(h, m), y
-
-def imdb_task(p:dict, # the task's params (see `task_params`)
-              seed:int, profile:str,
-              schedule:str, # one of `SCHEDULES`
-              schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
+              seed:int, # initialisation and data order
+              profile:str, # the run's profile
              ) -> dict:
-    "Fine-tune the top of a BERT-family encoder on IMDB under `schedule`; test accuracy, F1, AUC and traces."
+    "Fine-tune the top of a BERT-family encoder on IMDB under `p['schedule']`; test accuracy, F1, AUC and traces."
     p = run_settings(p, 'imdb', 'test', profile)
-    feat = lambda split, n: text_features('imdb', split, profile, n, p['model'], p['max_len'], p['n_frozen'], 0, p['cache_lower'])
+    rnd = _random_ok(p['model'], profile)
+    feat = lambda split, n: _text_features('imdb', split, profile, n, p['model'], p['max_len'], p['n_frozen'], p['cache_lower'],
+                                           load('imdb', split, profile).attrs['source'], rnd)
     h, m, y = feat('train', p['n_train'] + p['n_val'])
     ht, mt, yt = feat('test', p['n_test'])
     tr, va = slice(0, p['n_train']), slice(p['n_train'], None)
     torch.manual_seed(seed)
     cls = TopClassifier if p['cache_lower'] else FrozenLowerClassifier
-    enc, weights = encoder(p['model'], profile) if p['cache_lower'] else from_config_or_pretrained(p['model'], profile)
+    enc, weights = _encoder(p['model'], rnd, profile) if p['cache_lower'] else from_config_or_pretrained(p['model'], profile)
     model = cls(enc, p['n_frozen']).to(current_device())
     ld = lambda *t, shuffle=False, bs=256: make_loader(*t, batch_size=bs, shuffle=shuffle, seed=seed)
-    out = run_schedule(model, ld(h[tr], m[tr], y[tr], shuffle=True, bs=p['batch_size']), schedule, lr=p['lr'], steps=p['steps'],
-                       every=p['every'], eval_every=p['eval_every'], target=p['target'], loss_fn=_text_loss, precision=p['precision'],
-                       evaluate_fn=_score_fn(ld(h[va], m[va], y[va]), _text_forward, p['precision']), schedule_kw=schedule_kw)
+    out = run_schedule(model, ld(h[tr], m[tr], y[tr], shuffle=True, bs=p['batch_size']), p,
+                       _score_fn(ld(h[va], m[va], y[va]), _text_forward, p['precision']), _text_loss)
     s = evaluate(model, ld(ht, mt, yt), forward=_text_forward, precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], test_auc=s.get('auc', float('nan')),
                 params_count=count_params(model, trainable_only=True), used=p, weights=weights)
@@ -356,7 +331,9 @@ def _normalise_answer(s:str) -> str:
     s = ''.join(ch for ch in s.lower() if ch not in set(string.punctuation))
     return ' '.join(re.sub(r'\b(a|an|the)\b', ' ', s).split())
 
-def squad_em_f1(pred:str, golds:list) -> tuple[float, float]:
+def squad_em_f1(pred:str, # the predicted answer ('' = no answer)
+                golds:list, # the gold answers ([] = unanswerable)
+               ) -> tuple[float, float]:
     "Exact match and token F1 of one prediction, best over the gold answers (no answer: golds == [] and pred == '')."
     golds = [g for g in golds if _normalise_answer(g)] or ['']
     def f1(p, g):
@@ -369,7 +346,11 @@ def squad_em_f1(pred:str, golds:list) -> tuple[float, float]:
     return max(float(_normalise_answer(pred) == _normalise_answer(g)) for g in golds), max(f1(pred, g) for g in golds)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c036
-def squad_features(df, tok, max_len:int, stride:int, train:bool=True) -> dict:
+def squad_features(df, # questions: `question`, `context`, `answers`
+                   tok, # the model's tokenizer
+                   max_len:int, stride:int, # window length and overlap (tokens)
+                   train:bool=True, # training windows (start/end labels), else evaluation ones (offsets, example ids)
+                  ) -> dict:
     "Tokenised windows with start/end labels (train) or offsets and example ids (evaluation)."
     enc = tok(list(df['question']), list(df['context']), truncation='only_second', max_length=max_len, stride=stride,
               return_overflowing_tokens=True, return_offsets_mapping=True, padding='max_length', return_tensors='pt')
@@ -396,7 +377,11 @@ def _qa_loss(model, batch):
     return (F.cross_entropy(logits[:, 0], st) + F.cross_entropy(logits[:, 1], en)) / 2, logits
 
 @torch.no_grad()
-def squad_predict(model, feats:dict, df, max_answer_len:int=30, batch_size:int=64) -> list[str]:
+def squad_predict(model, # an extractive QA model
+                  feats:dict, # evaluation windows (`squad_features(..., train=False)`)
+                  df, # their questions
+                  max_answer_len:int=30, # tokens
+                  batch_size:int=64) -> list[str]:
     "Best span per question over its windows, or '' when the null ([CLS]) score beats every span."
     device = current_device(); model.to(device).eval()
     best = {}
@@ -404,24 +389,22 @@ def squad_predict(model, feats:dict, df, max_answer_len:int=30, batch_size:int=6
         sl = slice(i, i + batch_size)
         out = model(**{k: feats[k][sl].to(device) for k in ('input_ids', 'attention_mask', 'token_type_ids')})
         for s, e, off, ex in zip(out.start_logits.float().cpu(), out.end_logits.float().cpu(), feats['offsets'][sl], feats['example'][sl]):
-            ex = int(ex); null = float(s[0] + e[0])
-            ok = off[:, 0] >= 0
-            score = s[:, None] + e[None, :]
-            j = torch.arange(len(s))
+            ex, null, ok, j = int(ex), float(s[0] + e[0]), off[:, 0] >= 0, torch.arange(len(s))
             valid = ok[:, None] & ok[None, :] & (j[None, :] >= j[:, None]) & (j[None, :] - j[:, None] < max_answer_len)
-            score = score.masked_fill(~valid, -float('inf'))
-            k = int(score.argmax()); a, b = divmod(k, len(s))
+            score = (s[:, None] + e[None, :]).masked_fill(~valid, -float('inf'))
+            a, b = divmod(int(score.argmax()), len(s))
             span = (float(score[a, b]), df['context'].iloc[ex][int(off[a, 0]):int(off[b, 1])]) if valid.any() else (-float('inf'), '')
             prev = best.get(ex, dict(null=null, span=(-float('inf'), '')))
             best[ex] = dict(null=min(prev['null'], null), span=max(prev['span'], span, key=lambda t: t[0]))
     return [best[i]['span'][1] if best[i]['span'][0] > best[i]['null'] else '' for i in range(len(df))]
 
 def squad_scores(model, feats, df) -> dict:
-    "Mean exact match and F1 over `df`'s questions."
+    "Mean exact match and F1 over `df`'s questions (arguments as `squad_predict`)."
     ems, f1s = zip(*(squad_em_f1(p, list(a['text'])) for p, a in zip(squad_predict(model, feats, df), df['answers'])))
     return dict(em=float(np.mean(ems)), f1=float(np.mean(f1s)))
 
-def squad_frames(p:dict, profile:str) -> tuple:
+def squad_frames(p:dict, # the part's params (sizes, `train_split`)
+                 profile:str) -> tuple:
     "(train, validation, test) question frames: train and validation from the train split, test the dev split; in `dryrun` all three from the dev split, disjoint (the mirror has no train split)."
     if p['train_split'] == 'validation':
         d = take(load('squad_v2', 'validation', profile), p['n_train'] + p['n_val'] + p['n_test'], 0)
@@ -431,13 +414,12 @@ def squad_frames(p:dict, profile:str) -> tuple:
     return (tr_all.iloc[:p['n_train']], tr_all.iloc[p['n_train']:].reset_index(drop=True),
             take(load('squad_v2', 'validation', profile), p['n_test'], 0))
 
-def squad_task(p:dict, # the task's params (see `task_params`)
-               seed:int, profile:str,
-               schedule:str, # one of `SCHEDULES`
-               schedule_kw:dict|None=None, # its settings (default `SCHEDULE_KW[schedule]`)
+def squad_task(p:dict, # the part's params: `part_params(arm, 'squad_v2')`
+               seed:int, # initialisation and data order
+               profile:str, # the run's profile
                frames=None, # (train, val, test) question frames, for checks; default `squad_frames`
               ) -> dict:
-    "Fine-tune an extractive QA model on SQuAD v2 under `schedule`; dev EM and F1."
+    "Fine-tune an extractive QA model on SQuAD v2 under `p['schedule']`; dev EM and F1."
     p = run_settings(p, None, None, profile)
     frames = frames if frames is not None else squad_frames(p, profile)
     tok = bert_tokenizer(p['model'], profile)
@@ -445,70 +427,85 @@ def squad_task(p:dict, # the task's params (see `task_params`)
     torch.manual_seed(seed)
     model, weights = from_config_or_pretrained(p['model'], profile, head='question_answering')
     model = model.to(current_device())
-    cols = ('input_ids', 'attention_mask', 'token_type_ids', 'start', 'end')
     def val_fn(m):
         s = squad_scores(m, fva, frames[1]); return dict(score=s['f1'], loss=-s['f1'])
-    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), schedule,
-                       lr=p['lr'], steps=p['steps'], every=p['every'], eval_every=p['eval_every'], target=p['target'],
-                       evaluate_fn=val_fn, loss_fn=_qa_loss, precision=p['precision'], schedule_kw=schedule_kw)
+    cols = ('input_ids', 'attention_mask', 'token_type_ids', 'start', 'end')
+    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), p, val_fn, _qa_loss)
     s = squad_scores(model, fte, frames[2])
-    return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p,
-                weights=weights)
+    return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c040
+def _by_profile(profiles=PROFILES, **settings) -> dict:
+    "{profile: {setting: value}} from settings given as one value per profile (a tuple) or one for all."
+    return {pr: {k: v[j] if isinstance(v, tuple) else v for k, v in settings.items()} for j, pr in enumerate(profiles)}
+
+TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), or one value for all; dryrun = full's shapes, 2 steps
+    cifar10=_by_profile(
+        width=(8, 16, 64, 64),                       # ResNet-18 first-stage channels (the plan: 64; narrowed for CPU cells)
+        n_train=(256, 2048, 45000, 64),              # training images, a fixed slice of the train split
+        n_val=(128, 256, 5000, 32),                  # validation images, from the train split, disjoint from the training slice
+        n_test=(256, 1000, 10000, 32),               # test images, from the test split
+        batch_size=(32, 64, 32, 32),                 # images per step
+        lr=(2e-3, 2e-3, 1e-3, 1e-3),                 # Adam's initial LR, every arm (the plan's 0.01 is too high for Adam)
+        steps=(24, 96, 50 * 1407, 2),                # the budget, steps (full: the plan's 50 epochs)
+        every=(4, 10, 10, 2),                        # steps per uncertainty-rule window (the plan: 10)
+        eval_every=(8, 16, 1407, 2),                 # steps between validation passes (full: one epoch)
+        target=(0.2, 0.33, 0.85, 0.85)),             # validation accuracy defining steps to target (quick: fixed-LR pilot)
+    imdb=_by_profile(
+        model=('minilm', 'minilm', 'bert-base', 'bert-base'),  # smoke/quick: MiniLM-L6, the encoder shipped offline (the plan: BERT-base)
+        n_frozen=(5, 5, 0, 0),                       # lower layers frozen (MiniLM: 5 of 6; BERT-base: embeddings only)
+        cache_lower=(True, True, False, False),      # compute the frozen layers' outputs once (False: on every batch)
+        max_len=(32, 64, 512, 512),                  # tokens per review (truncated)
+        n_train=(128, 1024, 22500, 64),              # training reviews (train split)
+        n_val=(64, 256, 2500, 32),                   # validation reviews (train split, disjoint)
+        n_test=(128, 500, 25000, 32),                # test reviews (test split)
+        batch_size=(16, 16, 32, 32),                 # reviews per step
+        lr=(2e-4, 2e-4, 2e-5, 2e-5),                 # Adam's initial LR, every arm
+        steps=(16, 96, 50 * 704, 2),                 # the budget, steps (full: 50 epochs)
+        every=(4, 10, 10, 2),                        # steps per rule window
+        eval_every=(8, 16, 704, 2),                  # steps between validation passes
+        target=(0.55, 0.7, 0.9, 0.9)),               # validation accuracy defining steps to target (quick: fixed-LR pilot)
+    squad_v2=_by_profile(('full', 'dryrun'),         # full and dryrun only: the mirror has 1,124 dev questions, no train split
+        model='bert-large',                          # the plan's
+        max_len=384,                                 # tokens per window
+        stride=128,                                  # overlap of consecutive windows, tokens
+        train_split=('train', 'validation'),         # dryrun: train/validation/test are disjoint slices of the dev split
+        n_train=(125000, 64),                        # training questions
+        n_val=(5000, 32),                            # validation questions (disjoint from the training ones)
+        n_test=(None, 32),                           # test questions (None: the whole dev split)
+        batch_size=32,                               # windows per step
+        lr=3e-5,                                     # Adam's initial LR, every arm
+        steps=(2 * 4063, 2),                         # the budget, steps (full: 2 epochs)
+        every=(10, 2),                               # steps per rule window
+        eval_every=(1000, 2),                        # steps between validation passes
+        target=0.7))                                 # validation F1 defining steps to target (a round guess)
+PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
+CPU_BATCH = dict(imdb=1, squad_v2=1)  # dryrun on the CPU: the BERT tasks' batch (slices shrink with it), so steps take seconds
+
 def task_params(profile:str) -> dict:
-    "Per-task sizes for a profile (all arms share them)."
-    cifar = by_profile(profile,
-        smoke=dict(width=8, n_train=256, n_val=128, n_test=256, batch_size=32, lr=2e-3, steps=24, every=4, eval_every=8, target=0.2,
-                   precision='auto'),
-        quick=dict(width=16, n_train=2048, n_val=256, n_test=1000, batch_size=64, lr=2e-3, steps=96, every=10, eval_every=16,
-                   target=0.33, precision='auto'),
-        full=dict(width=64, n_train=45000, n_val=5000, n_test=10000, batch_size=32, lr=1e-3, steps=50 * 1407, every=10,
-                  eval_every=1407, target=0.85, precision='auto'),
-        dryrun=dict(width=64, # full's model
-                    n_train=64, n_val=32, n_test=32, # a few batches
-                    batch_size=32, lr=1e-3, # full's
-                    steps=2, every=2, eval_every=2, # 2 steps: one rule decision, one validation pass
-                    target=0.85, precision='auto'))
-    imdb = by_profile(profile,
-        smoke=dict(model='minilm', n_frozen=5, cache_lower=True, max_len=32, n_train=128, n_val=64, n_test=128, batch_size=16, lr=2e-4, steps=16,
-                   every=4, eval_every=8, target=0.55, precision='auto'),
-        quick=dict(model='minilm', n_frozen=5, cache_lower=True, max_len=64, n_train=1024, n_val=256, n_test=500, batch_size=16, lr=2e-4, steps=96,
-                   every=10, eval_every=16, target=0.7, precision='auto'),
-        full=dict(model='bert-base', n_frozen=0, cache_lower=False, max_len=512, n_train=22500, n_val=2500, n_test=25000, batch_size=32, lr=2e-5,
-                  steps=50 * 704, every=10, eval_every=704, target=0.9, precision='auto'),
-        dryrun=dict(model='bert-base', n_frozen=0, cache_lower=False, max_len=512, # full's model and shapes
-                    n_train=64, n_val=32, n_test=32, batch_size=32, # two training batches, one validation, one test
-                    cpu_batch=1, # on the CPU: batch 1 (slices shrink with it), so BERT steps take seconds, not minutes
-                    lr=2e-5, steps=2, every=2, eval_every=2, target=0.9, precision='auto'))
-    out = dict(cifar10=cifar, imdb=imdb)
-    if profile in ('full', 'dryrun'):
-        out['squad_v2'] = by_profile(profile, smoke=None, quick=None,
-            full=dict(model='bert-large', max_len=384, stride=128, train_split='train', n_train=125000, n_val=5000, n_test=None,
-                      batch_size=32, lr=3e-5, steps=2 * 4063, every=10, eval_every=1000, target=0.7, precision='auto'),
-            dryrun=dict(model='bert-large', max_len=384, stride=128, # full's model and windows
-                        train_split='validation', # the mirror has only the dev split: train/val/test are disjoint slices of it
-                        n_train=64, n_val=32, n_test=32, batch_size=32, cpu_batch=1,
-                        lr=3e-5, steps=2, every=2, eval_every=2, target=0.7, precision='auto'))
-    return out
+    "Each task's params for `profile`: the arms' `parts` (squad_v2 in full and dryrun only)."
+    check_choice('profile', profile, PROFILES)
+    return {t: dict(tab[profile], **({'cpu_batch': CPU_BATCH[t]} if profile == 'dryrun' and t in CPU_BATCH else {}))
+            for t, tab in TABLES.items() if profile in tab}
 
 TASKS = dict(cifar10=cifar_task, imdb=imdb_task, squad_v2=squad_task)
 TASK_METRICS = dict(cifar10=('test_accuracy', 'test_f1'), imdb=('test_accuracy', 'test_f1', 'test_auc'), squad_v2=('test_em', 'test_f1'))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c042
-def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., tasks=task_params(profile))
-        seed:int, profile:str) -> dict:
-    "One (schedule, seed) cell: every task trained under `params['schedule']`."
+def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., parts=task_params(profile))
+        seed:int, # the cell's seed (initialisation and data order of every task)
+        profile:str, # the run's profile (selects data sources and weights)
+       ) -> dict:
+    "One (schedule, seed) cell: every task in `params['parts']` trained under `params['schedule']`, metrics prefixed by the task."
     out = {}
-    for task, p in params['tasks'].items():
-        r = TASKS[task](p, seed, profile, params['schedule'], params['schedule_kw'])
+    for task in params['parts']:
+        r = TASKS[task](part_params(params, task), seed, profile)
         keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises')
-        out.update({f'{task}_{k}': r[k] for k in keep + TASK_METRICS[task]})
-        out.update({f'{task}_{k}': r[k] for k in ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')})
-        acts = Counter(d[-1] for d in r['decisions'])
+        series = ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')
+        out.update({f'{task}_{k}': r[k] for k in keep + TASK_METRICS[task] + series})
+        acts, u = Counter(d[-1] for d in r['decisions']), r['used']
         out[f'{task}_rule_actions'] = (f"cut {acts['down']}, hold {acts['hold']}, raise {acts['up']} of {len(r['decisions'])} windows"
                                        if r['decisions'] else 'no uncertainty rule in this arm')
-        u = r['used']
         out[f'{task}_precision'] = u['precision']
         out[f'{task}_note'] = (f"{r['steps']} steps of batch {u['batch_size']}, {u['n_train']} train / {u['n_val']} validation / "
                                f"{u['n_test'] if u['n_test'] is not None else 'all'} test rows, {u['precision']}, "
@@ -530,12 +527,12 @@ def _metrics(task:str) -> list:
          Metric(f'{task}_reached', True, doc='1 if the target was reached within the budget'),
          Metric(_quality(task), True, doc='on the held-out test slice'),
          Metric(f'{task}_test_f1', True, doc='macro F1' if task != 'squad_v2' else 'SQuAD v2 token F1')]
-    if task == 'imdb': m.append(Metric('imdb_test_auc', True, doc='ROC AUC'))
+    m += [Metric('imdb_test_auc', True, doc='ROC AUC')] if task == 'imdb' else []
     return m + [Metric(f'{task}_train_time_s', False, 's', 'ratio', 'training loop wall time, validation passes excluded'),
                 Metric(f'{task}_sched_overhead_frac', False, doc="the schedule's own time / training time", timing=True),
-                Metric(f'{task}_final_lr', False, doc='LR at the end of training'),
-                Metric(f'{task}_rule_cuts', True, 'windows', doc='windows where the uncertainty rule cut the LR (0 in the other arms)'),
-                Metric(f'{task}_rule_raises', True, 'windows', doc='windows where the uncertainty rule raised the LR back (0 in the other arms)')]
+                Metric(f'{task}_final_lr', False, doc='LR at the end of training')] + [
+                Metric(f'{task}_rule_{a}s', True, 'windows', doc=f'windows where the uncertainty rule {d} (0 in the other arms)')
+                for a, d in (('cut', 'cut the LR'), ('raise', 'raised the LR back'))]
 
 def _reached_gate(task:str) -> Gate:
     "Gate: the fixed LR or the uncertainty arm reached the target in at least one seed (else every steps-to-target is censored)."
@@ -550,140 +547,111 @@ def rule_gate(task:str) -> Gate:
     q, chance = _quality(task), CHANCE[task]
     return gate_all(gate_every_seed(f'{task}_rule_cuts', 'uncertainty', '>', 0, 'the rule cut the LR at least once in every seed'),
                     gate_every_seed(f'{task}_rule_raises', 'uncertainty', '>', 0, 'the rule recovered (raised) the LR at least once in every seed'),
-                    gate_mean(q, 'fixed', '>', chance + LEARN_MARGIN,
-                              f"the fixed-LR baseline's mean {q} beats chance ({chance:g}) by {LEARN_MARGIN:g}"))
+                    gate_mean(q, 'fixed', '>', chance + LEARN_MARGIN, f"the fixed-LR baseline's mean {q} beats chance ({chance:g}) by {LEARN_MARGIN:g}"))
 
 def _claims(task:str) -> list:
-    acc, what = _quality(task), 'accuracy' if task != 'squad_v2' else 'exact match'
+    acc, what, acted = _quality(task), 'accuracy' if task != 'squad_v2' else 'exact match', rule_gate(task)
     fam = 'primary' if task == PRIMARY_TASK else 'exploratory'
-    acted = rule_gate(task)
+    better = lambda vs: f'{task}: the uncertainty schedule gives higher test {what} than {vs}'
     return [Claim(f'{task}-overhead', f'{task}: the uncertainty scheduler costs under {OVERHEAD_MAX:.0%} of training time',
-                  f'{task}_sched_overhead_frac', 'uncertainty', OVERHEAD_MAX, '<', 'value', source='study plan (minimal overhead)',
-                  family=fam),
+                  f'{task}_sched_overhead_frac', 'uncertainty', OVERHEAD_MAX, '<', 'value', source='study plan (minimal overhead)', family=fam),
             Claim(f'{task}-faster', f'{task}: the uncertainty schedule reaches the target in fewer steps than the fixed LR',
                   f'{task}_steps_to_target', 'uncertainty', 0.0, '<', family=fam, gate=gate_all(acted, _reached_gate(task))),
-            Claim(f'{task}-generalise', f'{task}: the uncertainty schedule gives higher test {what} than the fixed LR',
-                  acc, 'uncertainty', 0.0, '>', family=fam, gate=acted),
-            Claim(f'{task}-vs-cosine', f'{task}: the uncertainty schedule gives higher test {what} than cosine with warmup',
-                  acc, 'uncertainty', 0.0, '>', vs='cosine', source='lwstudy (a practitioner\'s alternative)', gate=acted)]
+            Claim(f'{task}-generalise', better('the fixed LR'), acc, 'uncertainty', 0.0, '>', family=fam, gate=acted),
+            Claim(f'{task}-vs-cosine', better('cosine with warmup'), acc, 'uncertainty', 0.0, '>', vs='cosine',
+                  source="lwstudy (a practitioner's alternative)", gate=acted)]
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c045
-def spec(profile:str='quick') -> Spec:
+def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
+        ) -> Spec:
     "The experiment: four LR schedules, paired by seed, on every task of the profile."
     tasks = task_params(profile)
-    arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], tasks=tasks) for s in SCHEDULES}
+    arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], precision=PRECISION, parts=tasks) for s in SCHEDULES}
     u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
-    metrics = [m for t in tasks for m in _metrics(t)]
-    claims = [c for t in tasks for c in _claims(t)]
-    datasets = [('cifar10', 'train', None), ('cifar10', 'test', None), ('imdb', 'train', None), ('imdb', 'test', None)]
+    datasets = [(d, s, None) for d in ('cifar10', 'imdb') for s in ('train', 'test')]
     if 'squad_v2' in tasks: datasets += [('squad_v2', s, None) for s in sorted({tasks['squad_v2']['train_split'], 'validation'})]
-    c, i = tasks['cifar10'], tasks['imdb']
+    c, i, lrs = tasks['cifar10'], tasks['imdb'], ', '.join(f"{t} {p['lr']}" for t, p in tasks.items())
     notes = [
-        f"Optimiser Adam for every arm. Initial/peak LR: cifar10 {c['lr']}, imdb {i['lr']}"
-        + (f", squad_v2 {tasks['squad_v2']['lr']}" if 'squad_v2' in tasks else '')
-        + " (the plan's 0.01 is far above what Adam fine-tuning of a pretrained Transformer tolerates; the same LR is used by all arms).",
-        f"cifar10: ResNet-18 (CIFAR stem) at width {c['width']} (the plan: 64), {c['n_train']} training images, {c['n_val']} validation "
-        f"images (disjoint, from the train split), {c['n_test']} test images, batch {c['batch_size']}, {c['steps']} steps, no augmentation.",
-        f"imdb: {i['model']} (the plan: BERT-base), reviews truncated to {i['max_len']} tokens, the lower {i['n_frozen']} layers frozen "
-        f"(their outputs computed once), the top layers and a linear head on mean-pooled tokens fine-tuned; {i['n_train']} train / "
-        f"{i['n_val']} validation reviews (train split), {i['n_test']} test reviews, batch {i['batch_size']}, {i['steps']} steps.",
+        f"Adam in every arm from the same initial/peak LR per task ({lrs}); "
+        "the plan's 0.01 is far above what Adam fine-tuning of a pretrained Transformer tolerates.",
+        f"cifar10: ResNet-18 (CIFAR stem), width {c['width']} (the plan: 64); {c['n_train']} train / {c['n_val']} validation images (disjoint, "
+        f"both from the train split), {c['n_test']} test images; batch {c['batch_size']}, {c['steps']} steps, no augmentation.",
+        f"imdb: {i['model']} (the plan: BERT-base), reviews cut to {i['max_len']} tokens, the lower {i['n_frozen']} layers frozen (outputs "
+        f"computed once), the top layers and a linear head on mean-pooled tokens trained; {i['n_train']} train / {i['n_val']} validation "
+        f"reviews (train split), {i['n_test']} test reviews; batch {i['batch_size']}, {i['steps']} steps.",
         {'full': "squad_v2: BERT-large, windows of 384 tokens with stride 128; the train split comes from the Hub.",
-         'dryrun': "dryrun: full's models, sequence lengths, precision policy and code path (squad_v2 with BERT-large included) on a "
-                   "few batches and 2 steps (one rule decision, one validation pass); BERT-base/large get random weights "
-                   "when the Hub is unreachable (minilm's tokenizer: the same vocabulary); squad_v2's train/validation/test are disjoint "
-                   f"slices of the dev split; on the CPU the BERT tasks use batch {i.get('cpu_batch')} instead of {i['batch_size']}. "
-                   "It checks that the full path runs, not its results."}.get(profile,
-            "squad_v2 with BERT-large runs in profile 'full' only: the mirror holds 1,124 dev questions and no train split."),
-        "Sizes the resolved data cannot serve (the embedded stand-ins: 1,437 digits images for cifar10's train split) are scaled "
-        "down proportionally at run time (data.scale_to_available); the data section lists each scaling, and each cell's note gives "
-        "the sizes, batch and precision it used.",
-        f"Uncertainty schedule (the plan's rule made precise): every {c['every']} steps, the mean softmax entropy of the window's "
-        f"training batches as a fraction of log K, vs. a fixed threshold of {u['threshold']} (half the maximum entropy: closer to "
-        f"a uniform guess than to certainty; fixed before any run of this arm, the same for every task, not tuned); above it: LR x {u['factor']}; "
-        f"below it by more than the window's 95% CI half-width: LR / {u['factor']} (recovery towards the initial LR); otherwise held; bounded "
-        f"to [{u['lr_min_frac']}, 1] x the initial LR. On a plateau with the entropy stuck above the threshold the LR decays geometrically "
-        f"({u['factor']} per window) to the floor. Each cell's rule_actions line counts its cuts, holds and raises (metrics rule_cuts, rule_raises).",
-        "Finding (spec version 1): the uncertainty arm first used an adaptive threshold (an EMA, beta 0.8, of past windows' entropy: "
-        "cut when the model becomes less confident than it recently was). In the quick run (5 seeds) it never fired: training "
-        "entropy fell almost monotonically over the 96-step budgets, the LR never moved and the arm was bit-identical to the "
-        "fixed LR (all quality differences exactly 0). It is kept in the code (mode='adaptive', documented and tested) but was "
-        "replaced as the arm by the fixed-threshold rule above (version 2); version 1 results are not mixed in.",
-        f"In quick the entropy of the fixed-LR runs (version 1, fp32) stayed above {u['threshold']} of log K for the whole budget "
-        "in every seed (the pilot's traces, 2026-11-24), so the rule is expected to cut at every window, i.e. to act as a stepwise geometric "
-        f"decay to {u['factor']}^{c['steps'] // c['every']} = {u['factor'] ** (c['steps'] // c['every']):.2f} x LR0; raises need a model below "
-        "half the maximum entropy, which these short runs may not reach.",
-        "Gates (version 3): every quality claim (faster, generalise, vs-cosine) is informative only when, in its task, the rule cut "
-        "and recovered the LR at least once in every seed and the fixed-LR baseline's mean test score beats chance "
+         'dryrun': "dryrun: full's models, sequence lengths, precision policy and code path (squad_v2/BERT-large included) on a few batches "
+                   "and 2 steps (one rule decision, one validation pass); BERT-base/large get random weights when the Hub is unreachable "
+                   "(minilm's tokenizer: the same vocabulary); squad_v2's train/validation/test are disjoint slices of the dev split; on "
+                   f"the CPU the BERT tasks use batch {i.get('cpu_batch')}, not {i['batch_size']}. It checks that the path runs, not results."
+         }.get(profile, "squad_v2 (BERT-large) runs in 'full' only: the mirror holds 1,124 dev questions and no train split."),
+        "Sizes the resolved data cannot serve (the embedded stand-ins: 1,437 digits images for cifar10's train split) are scaled down "
+        "proportionally at run time (data.scale_to_available; see the data section); each cell's note gives its sizes, batch and precision.",
+        f"Uncertainty rule (the plan's, made precise): every {c['every']} steps, the window's mean softmax entropy of the training batches "
+        f"/ log K vs. a fixed threshold {u['threshold']} (half the maximum; set before any run, every task, not tuned); above: LR x "
+        f"{u['factor']}; below by more than the window's 95% CI half-width: LR / {u['factor']} (recovery); else held; bounded to "
+        f"[{u['lr_min_frac']}, 1] x the initial LR, so entropy stuck above the threshold decays the LR geometrically to the floor. "
+        "Each cell's rule_actions counts cuts, holds and raises (metrics rule_cuts, rule_raises).",
+        "Finding (spec version 1): an adaptive threshold (EMA, beta 0.8, of past windows) never fired in quick (5 seeds): entropy fell "
+        "almost monotonically, the LR never moved, the arm was bit-identical to the fixed LR (every quality difference exactly 0). It "
+        "stays in the code (mode='adaptive', tested); the arm is the fixed threshold since version 2; version 1 results are not mixed in.",
+        f"In quick the fixed-LR entropy (version 1, fp32, pilot traces 2026-11-24) stayed above {u['threshold']} of log K all budget in every "
+        f"seed, so the rule should cut at every window: a stepwise decay to {u['factor']}^{c['steps'] // c['every']} = "
+        f"{u['factor'] ** (c['steps'] // c['every']):.2f} x LR0; raises need entropy below half the maximum, which short runs may not reach.",
+        "Gates (version 3): a quality claim (faster, generalise, vs-cosine) is informative only if, in its task, the rule cut and raised "
+        "the LR at least once in every seed and the fixed LR's mean test score beats chance "
         f"({', '.join(f'{t} {CHANCE[t]:g}' for t in tasks)}) by {LEARN_MARGIN:g}; 'faster' also needs the fixed LR or the rule to reach "
-        "the target in some seed. A rule that only cuts is a step decay, not the uncertainty signal at work: such claims are "
-        "'uninformative'. Primary claims: the plan's three hypotheses (converges faster, generalises better, minimal overhead) on "
-        f"{PRIMARY_TASK}; the rest are exploratory.",
-        "Precision policy 'auto' (train.resolve_precision, resolved in each cell for its device and recorded in its note): bf16 "
-        "autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; every arm the same. Until version 2 smoke/quick used bf16 "
-        "and full fp32 as fixed choices. The quick targets come from an fp32 pilot and were not re-tuned.",
-        f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: "
-        f"torch ReduceLROnPlateau on the validation loss (factor {pl['factor']}, patience {pl['patience']} validation pass, floor "
-        f"{pl['lr_min_frac']} x LR); it uses validation passes that every arm runs anyway "
-        "for the steps-to-target metric; outside this study they would be its overhead.",
-        f"Steps to target: validation accuracy (cifar10 >= {c['target']}, imdb >= {i['target']}) checked every {c['eval_every']} / "
-        f"{i['eval_every']} steps; the targets were fixed from a pilot of the fixed-LR arm (seed 100; its mean validation score over the second half of "
-        "the budget) before any treatment ran. "
-        "A run that misses is censored at budget + 1 steps (reached = 0), not dropped; the paired t-test treats that value as "
-        "observed, which understates how late a miss is, so read it with the `reached` rows.",
-        "Training time excludes the validation passes; the overhead fraction is the schedule's own time (entropy, decisions, "
-        "setting the LR) over training time. The epoch counts of the plan (50) are replaced by the step budgets above in smoke/quick. "
-        "Every arm also records the window entropy for the trace plots (the same small cost in every arm, not counted as overhead).",
+        "the target in some seed. A rule that only cuts is a step decay, not the signal at work ('uninformative'). Primary: the plan's "
+        f"three hypotheses (converges faster, generalises better, minimal overhead) on {PRIMARY_TASK}; the rest are exploratory.",
+        f"Precision '{PRECISION}' (train.resolve_precision, per cell and device, in its note): bf16 autocast on CUDA and on CPUs with native bf16, "
+        "else fp32, every arm alike. Until version 2 smoke/quick used bf16 and full fp32; the quick targets (fp32 pilot) were not re-tuned.",
+        f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps, then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: torch "
+        f"ReduceLROnPlateau on the validation loss (factor {pl['factor']}, patience {pl['patience']} pass, floor {pl['lr_min_frac']} x LR), "
+        "on the passes every arm runs for steps to target (outside this study, its overhead).",
+        f"Steps to target: validation accuracy (cifar10 >= {c['target']}, imdb >= {i['target']}) every {c['eval_every']} / {i['eval_every']} "
+        "steps; targets fixed from a fixed-LR pilot (seed 100, mean validation score over the budget's second half) before any treatment "
+        "ran. A miss is censored at budget + 1 (reached = 0), not dropped; the paired t-test takes it as observed, understating a miss.",
+        "Training time excludes validation passes; overhead = the schedule's own time (entropy, decisions, setting the LR) / training "
+        "time. Step budgets replace the plan's 50 epochs in smoke/quick. Every arm records window entropy for the plots (not overhead).",
     ]
     return Spec('uncertainty_lr', 'Does a learning rate driven by predictive entropy converge faster or generalise better than '
-                'a fixed LR and standard schedules, at negligible overhead?', arms, 'fixed', metrics, claims, fit,
+                'a fixed LR and standard schedules, at negligible overhead?', arms, 'fixed',
+                [m for t in tasks for m in _metrics(t)], [c for t in tasks for c in _claims(t)], fit,
                 plan='004_1159396139044005.txt', datasets=datasets, notes=notes, sections=sections,
                 tradeoff=(f'{PRIMARY_TASK}_train_time_s', _quality(PRIMARY_TASK)),
                 version=3)  # 3: rule settings in params, sizes scaled to the data, precision 'auto', rule counts as metrics
                             # 2: the uncertainty arm is the fixed-threshold rule (1: adaptive, never fired in quick)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c047
+def _xy(records:list, key:str) -> list:
+    "`records` whose series `key`, rows (step, value, ...), is split into series `step` and `value` for `report.seed_curves`."
+    return [dict(r, series=dict(step=[row[0] for row in r['series'][key]], value=[row[1] for row in r['series'][key]]))
+            for r in records if r['series'].get(key)]
+
 def sections(records:list, # the technique's stored records
              table, # its results table (unused: the sections draw on the records' series)
             ) -> list:
-    "Trace and validation-curve figures for the report."
-    from matplotlib.figure import Figure
-    from lwstudy.report import fig_to_img
-    if not records: return []
-    tasks = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')]
-    arms = list(SCHEDULES); colours = dict(zip(arms, ('k', 'tab:red', 'tab:blue', 'tab:green')))
-    seed0 = min(r['seed'] for r in records)
-    fig = Figure(figsize=(4.5 * len(tasks), 6.4))
-    for j, t in enumerate(tasks):
-        a1, a2 = fig.add_subplot(2, len(tasks), j + 1), fig.add_subplot(2, len(tasks), len(tasks) + j + 1)
-        for r in records:
-            if r['seed'] != seed0: continue
-            lr, en = np.array(r['series'][f'{t}_lr_trace']), np.array(r['series'][f'{t}_entropy_trace'])
-            style = dict(color=colours.get(r['arm']), label=r['arm'], lw=3 if r['arm'] == 'fixed' else 1.5,
-                         alpha=0.35 if r['arm'] == 'fixed' else 1, zorder=1 if r['arm'] == 'fixed' else 2)
-            a1.plot(lr[:, 0], lr[:, 1], **style)
-            if len(en): a2.plot(en[:, 0], en[:, 1], **style)
-        a1.set_title(f'{t}: learning rate (seed {seed0})', fontsize=10); a1.set_yscale('log'); a1.legend(fontsize=8)
-        a2.set_title(f'{t}: training entropy / log K (window means)', fontsize=10); a2.set_xlabel('step')
-        for a in (a1, a2): a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig2 = Figure(figsize=(4.5 * len(tasks), 3.4))
-    for j, t in enumerate(tasks):
-        ax = fig2.add_subplot(1, len(tasks), j + 1)
-        for r in records:
-            cv = np.array(r['series'][f'{t}_val_curve'])
-            ax.plot(cv[:, 0], cv[:, 1], color=colours.get(r['arm']), alpha=0.5, lw=1,
-                    label=r['arm'] if r['seed'] == seed0 else None)
-        tgt = records[0]['params']['tasks'][t]['target']
-        ax.axhline(tgt, ls='--', color='grey', lw=1, label=f'target {tgt}')
-        ax.set_title(f'{t}: validation score, every seed', fontsize=10); ax.set_xlabel('step'); ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    fig2.tight_layout()
+    "LR, entropy and validation curves per task (mean over seeds, min-max band) and the rule's decisions per seed."
     import pandas as pd
-    from lwstudy.report import html_table
+    from matplotlib.figure import Figure
+    from lwstudy.report import esc, fig_to_img, html_table, seed_curves
+    if not records: return []
+    tasks, figs = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')], []
+    for rows in ((('lr_trace', 'learning rate'), ('entropy_trace', 'training entropy / log K (window means)')),
+                 (('val_curve', 'validation score'),)):
+        fig = Figure(figsize=(4.5 * len(tasks), 3.2 * len(rows)))
+        for n, ((key, what), t) in enumerate((r, t) for r in rows for t in tasks):
+            ax = seed_curves(_xy(records, f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
+                             arms=SCHEDULES)
+            ax.set_title(f'{t}: {what}', fontsize=10); ax.set_yscale('log' if key == 'lr_trace' else 'linear')
+            if key == 'val_curve':
+                tgt = part_params(records[0]['params'], t)['target']
+                ax.axhline(tgt, ls='--', color='grey', lw=1, label=f'target {tgt}'); ax.legend(fontsize=8)
+        fig.tight_layout(); figs.append(fig_to_img(fig))
     unc = sorted((r for r in records if r['arm'] == 'uncertainty'), key=lambda r: r['seed'])
-    rows = pd.DataFrame([dict(seed=r['seed'], task=t, **{'uncertainty rule decisions': r['info'].get(f'{t}_rule_actions', ''),
-                                                        'final LR / initial LR': f"{r['metrics'][f'{t}_final_lr'] / r['params']['tasks'][t]['lr']:.3f}"})
+    rows = pd.DataFrame([{'seed': r['seed'], 'task': t, 'uncertainty rule decisions': r['info'].get(f'{t}_rule_actions', ''),
+                          'final LR / initial LR': f"{r['metrics'][f'{t}_final_lr'] / part_params(r['params'], t)['lr']:.3f}"}
                          for r in unc for t in tasks])
-    kw = unc[0]['params'].get('schedule_kw', SCHEDULE_KW['uncertainty']) if unc else SCHEDULE_KW['uncertainty']
-    f = html.escape(str(kw.get('factor', '?')))
-    return [('LR and entropy traces', fig_to_img(fig)), ('Validation curves', fig_to_img(fig2)),
+    f = esc((unc[0]['params'] if unc else {}).get('schedule_kw', SCHEDULE_KW['uncertainty']).get('factor', '?'))
+    return [('LR and entropy traces', figs[0]), ('Validation curves', figs[1]),
             (f'Uncertainty rule decisions (per window: cut = LR x {f}, raise = LR / {f}, hold)', html_table(rows))]
