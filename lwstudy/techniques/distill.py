@@ -21,15 +21,14 @@ from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, part_params
 from ..train import WarmupLinear, classification_scores, predict, resolve_precision, to_device, train
 
 # %% auto #0
-__all__ = ['LAYER_SCHEMES', 'CE_ONLY', 'SHARD_BYTES', 'PREFIX', 'NLP_FULL', 'VISION_FULL', 'SMOKE_NLP', 'SPEEDUP_GOAL',
-           'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN', 'METRICS', 'PRIMARY', 'HALVES', 'HiddenCapture',
-           'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'make_projection', 'layer_map', 'soft_kl',
-           'masked_mse', 'distill_loss', 'student_from_layers', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
-           'model_logits', 'scores', 'require_training_memory', 'train_teacher', 'teacher_logits', 'hidden_shapes',
-           'cache_bytes', 'teacher_hidden', 'cached_hidden', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'part_data',
-           'teacher_key', 'get_teacher', 'teacher_outputs', 'build_student', 'student_pairs', 'distill_loss_fn',
-           'distill_student', 'inference_ms', 'energy_counter', 'measure_energy', 'is_distilled', 'train_and_measure',
-           'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'gate_reduced', 'claims', 'sections', 'spec']
+__all__ = ['LAYER_SCHEMES', 'SHARD_BYTES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY',
+           'CHANCE_MARGIN', 'METRICS', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
+           'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers', 'Tokens',
+           'pack', 'unpack', 'Images', 'flip_crop', 'model_logits', 'train_teacher', 'hidden_shapes', 'cache_bytes',
+           'teacher_hidden', 'cached_hidden', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher',
+           'teacher_outputs', 'distill_loss_fn', 'distill_student', 'inference_ms', 'energy_counter', 'is_distilled',
+           'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'gate_reduced', 'claims',
+           'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c005
 class HiddenCapture:
@@ -92,7 +91,9 @@ def hidden_dims(model:nn.Module) -> list[int]:
     raise TypeError(f'no hidden-state widths known for {type(model).__name__}')
 
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
-                    d_student:int, d_teacher:int) -> nn.Module:
+                    d_student:int, # the student state's width (hidden size or channels)
+                    d_teacher:int, # the teacher state's
+                   ) -> nn.Module:
     "The learned map from a student hidden state of width `d_student` to its teacher's `d_teacher`."
     if d_student == d_teacher: return nn.Identity()
     return nn.Conv2d(d_student, d_teacher, 1) if isinstance(model, ResNet) else nn.Linear(d_student, d_teacher)
@@ -117,12 +118,18 @@ def layer_map(scheme:str, # one of `LAYER_SCHEMES`
     return [(k, t) for k in range(n_student) for t in range(k * r, (k + 1) * r)]
 
 # %% ../../nbs/40_distill.ipynb #c018
-def soft_kl(student_logits, teacher_logits, T:float=2.0): # T: the softmax temperature
+def soft_kl(student_logits, # (B, C)
+            teacher_logits, # (B, C)
+            T:float=2.0, # the softmax temperature
+           ):
     "Hinton's soft-target loss: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch."
     return F.kl_div(F.log_softmax(student_logits.float() / T, -1), F.log_softmax(teacher_logits.float() / T, -1),
                     reduction='batchmean', log_target=True) * T * T
 
-def masked_mse(student_h, teacher_h, mask=None): # mask: (B, L) 1 at real positions, or None for all
+def masked_mse(student_h, # (B, L, d) token states or (B, C, H, W) feature maps
+               teacher_h, # the same shape
+               mask=None, # (B, L): 1 at real positions; None: every position counts
+              ):
     "Mean squared error per element over positions where `mask` is 1 (all positions when `mask` is None)."
     d2 = (student_h.float() - teacher_h.float()).pow(2)
     if mask is None: return d2.mean()
@@ -212,7 +219,9 @@ class Tokens:
         return _until(steps, epoch)
 
 # %% ../../nbs/40_distill.ipynb #c034
-def pack(hidden:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
+def pack(hidden:torch.Tensor, # (B, L, d)
+         mask:torch.Tensor, # (B, L), 1 at real tokens
+        ) -> torch.Tensor:
     "The rows of `hidden` (B, L, d) at real tokens (`mask` (B, L) 1), in order, as (tokens, d)."
     return hidden[mask.bool()]
 
@@ -276,27 +285,27 @@ def model_logits(model:nn.Module, data, # `Tokens` or `Images`
     logits, _ = predict(model, [(b,) for b in batches], forward=forward, device=device)
     return logits[torch.argsort(torch.cat(batches))]
 
-def scores(model:nn.Module, data, device:str|None=None) -> dict:
+def _scores(model:nn.Module, data, device:str|None=None) -> dict:
     "Accuracy, macro F1 and cross-entropy of `model` on `data` (`train.classification_scores` of `model_logits`)."
     return classification_scores(model_logits(model, data, device=device), data.labels)
 
-def require_training_memory(what:str, model:nn.Module, device:str):
+def _require_training_memory(what:str, model:nn.Module, device:str):
     "Print (and check) the memory AdamW training of `model` holds besides activations: fp32 weights, gradients and two moments."
     require_memory(f'{what}: weights, gradients and AdamW state (activations excluded)', 16 * count_params(model), device,
                    'GPU' if str(device).startswith('cuda') else 'RAM')
 
-CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's loss: cross-entropy alone
+_CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's loss: cross-entropy alone
 
 def train_teacher(model:nn.Module, train_data, eval_data, # `Tokens` or `Images`
                   params:dict, # teacher_steps, teacher_lr, batch_size, wd (default 0.01)
                   device:str, augment=None) -> dict:
     "Train a teacher for `params['teacher_steps']` batches (AdamW, linear decay, fp32); its training time and accuracy."
-    require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
+    _require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
     loader = train_data.train_batches(len(train_data), params['batch_size'], seed=0, steps=params['teacher_steps'])
-    state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=distill_loss_fn(model, {}, train_data, None, [], CE_ONLY, augment),
+    state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=distill_loss_fn(model, {}, train_data, None, [], _CE_ONLY, augment),
                   callbacks=[WarmupLinear(params['teacher_lr'], 0, params['teacher_steps'])], device=device)
-    return dict(train_s=state.train_s, steps=state.step, val_accuracy=scores(model, eval_data, device=device)['accuracy'])
+    return dict(train_s=state.train_s, steps=state.step, val_accuracy=_scores(model, eval_data, device=device)['accuracy'])
 
 # %% ../../nbs/40_distill.ipynb #c040b
 SHARD_BYTES = 2 ** 29  # bytes: teacher states are cached in chunks of examples of at most 512 MiB a layer (a chunk is held twice while written)
@@ -304,7 +313,7 @@ SHARD_BYTES = 2 ** 29  # bytes: teacher states are cached in chunks of examples 
 def _batches(n:int, batch_size:int) -> list: return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 @torch.no_grad()
-def teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `data`
+def _teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `data`
                    eval_data, device:str, batch_size:int=64) -> dict:
     "Logits of `teacher` on the first `n` examples of `data` and on `eval_data`, and the time these forward passes took."
     teacher.to(device).eval()
@@ -315,19 +324,26 @@ def teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `
     return dict(out, forward_s=time_it(run, warmup=0, repeats=1, device=device)['median_s'])
 
 @torch.no_grad()
-def hidden_shapes(teacher:nn.Module, data, n:int) -> dict: # the first `n` examples of `data`
+def hidden_shapes(teacher:nn.Module, data, # `Tokens` or `Images`
+                  n:int, # the first `n` examples of `data`
+                 ) -> dict:
     "Shape of the cached state of each teacher layer: (real tokens, d) for token states, (n, C, H, W) for feature maps."
     if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(teacher))}
     paths = hidden_paths(teacher)
     with HiddenCapture(teacher.eval(), paths, detach=True) as cap: teacher(*to_device(data.inputs([0])[0], next(teacher.parameters()).device))
     return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
 
-def cache_bytes(shapes:dict, layers) -> int: # shapes: from `hidden_shapes`; layers: which of them
+def cache_bytes(shapes:dict, # from `hidden_shapes`
+                layers, # which of them
+               ) -> int:
     "Bytes of the fp16 hidden states of `layers` with these `shapes`."
     return sum(2 * math.prod(shapes[k]) for k in layers)
 
 @torch.no_grad()
-def teacher_hidden(teacher:nn.Module, data, idx:list, layers, device:str, batch_size:int=64) -> dict:
+def teacher_hidden(teacher:nn.Module, data, # `Tokens` or `Images`
+                   idx:list, # the examples, in order
+                   layers, # indices into `hidden_paths(teacher)`
+                   device:str, batch_size:int=64) -> dict:
     "The fp16 states (token states packed) of teacher `layers` on the examples `idx`, in order."
     paths, out = hidden_paths(teacher), {k: [] for k in layers}
     for i in range(0, len(idx), batch_size):
@@ -409,28 +425,30 @@ def cifar_images(vp:dict, # the vision part's params
     return (*_images(profile, source, sz['n_teacher_train'], sz['n_test'], vp['image_size']), source)
 
 # %% ../../nbs/40_distill.ipynb #c044a
-PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
+_PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
 
-def part_data(pp:dict, # a part's params (`runner.part_params`)
+def _part_data(pp:dict, # a part's params (`runner.part_params`)
               part:str, profile:str) -> tuple:
     "(training data, evaluation data, source) of `part`: `Tokens` of SST-2 or `Images` of CIFAR-10."
     return sst2_tokens(pp, profile) if part == 'nlp' else cifar_images(pp, profile)
 
-def teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights: where the teacher's initial weights came from
+def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights: where the teacher's initial weights came from
     "What the cached teacher of `part` depends on."
     if part == 'nlp': return dict(model=pp['teacher'], weights=weights, n=pp['n_teacher_train'], steps=pp['teacher_steps'], lr=pp['teacher_lr'],
                                   batch=pp['batch_size'], max_len=pp['max_len'], source=source, torch=torch.__version__)
     return dict(model='resnet50', width=pp['width'], size=pp['image_size'], n=pp['n_teacher_train'], steps=pp['teacher_steps'], lr=pp['teacher_lr'],
                 wd=pp['wd'], batch=pp['batch_size'], augment=f"flip+crop{pp['image_size'] // 8}", source=source, torch=torch.__version__)
 
-def get_teacher(pp:dict, part:str, profile:str, device:str|None=None) -> tuple[nn.Module, dict]:
+def get_teacher(pp:dict, # the part's params (`runner.part_params`)
+                part:str, # 'nlp' or 'vision'
+                profile:str, device:str|None=None) -> tuple[nn.Module, dict]:
     "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`core.disk_cached`), and its record."
     device = device or current_device()
-    tr, ev, source = part_data(pp, part, profile)
+    tr, ev, source = _part_data(pp, part, profile)
     torch.manual_seed(0)  # random weights (dryrun) are the same in every cell
     if part == 'nlp': enc, weights = from_config_or_pretrained(pp['teacher'], profile)
     else: weights = 'trained from scratch'
-    key, tag = teacher_key(pp, part, source, weights), PREFIX[part] + 'teacher'
+    key, tag = _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher'
     torch.manual_seed(0)
     model = TextClassifier(enc) if part == 'nlp' else resnet50(10, pp['width'])
     def fit_teacher():
@@ -448,20 +466,20 @@ def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str,
                    ) -> dict:
     "Teacher outputs, cached: logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
     device = device or current_device()
-    tr, ev, source = part_data(pp, part, profile)
+    tr, ev, source = _part_data(pp, part, profile)
     n = min(pp['n_train'], len(tr))
-    key = dict(teacher_key(pp, part, source, record['weights']), n_train=n)
+    key = dict(_teacher_key(pp, part, source, record['weights']), n_train=n)
     def compute():
-        out = dict(teacher_logits(teacher, tr, n, ev, device), teacher_train_s=record['train_s'])
+        out = dict(_teacher_logits(teacher, tr, n, ev, device), teacher_train_s=record['train_s'])
         if part == 'nlp': out['offsets'] = torch.cat([torch.zeros(1, dtype=torch.long), tr.lengths[:n].cumsum(0)])
         return out
-    out = disk_cached('distill', key, compute, PREFIX[part] + 'teacher_out')
+    out = disk_cached('distill', key, compute, _PREFIX[part] + 'teacher_out')
     what = f"{profile}: {'NLP' if part == 'nlp' else 'vision'} teacher cache ({n} {'sentences' if part == 'nlp' else 'images'})"
     full_n = task_params('full')[part]['n_train'] if profile == 'dryrun' else None
-    return dict(out, hidden=cached_hidden(teacher, tr, n, layers, device, PREFIX[part] + 'teacher_hidden', key, what, full_n))
+    return dict(out, hidden=cached_hidden(teacher, tr, n, layers, device, _PREFIX[part] + 'teacher_hidden', key, what, full_n))
 
 # %% ../../nbs/40_distill.ipynb #c046
-def build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> nn.Module:
+def _build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> nn.Module:
     "The student of `part`, the same initialisation in every arm of a seed: NLP `pp['student_layers']` of the pretrained encoder (or all of it), vision a ResNet-18."
     if part == 'vision': return resnet18(10, pp['width'])
     base, weights = from_config_or_pretrained(pp['student_base'], profile)
@@ -469,7 +487,7 @@ def build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> 
     student.weights = weights
     return student
 
-def student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tuple[int, int]]:
+def _student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tuple[int, int]]:
     "The (student, teacher) hidden-state pairs of `params['layers']` for these two models."
     return layer_map(params['layers'], len(hidden_paths(teacher)), len(hidden_paths(student)))
 
@@ -504,7 +522,7 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # No
                     data, params:dict, seed:int, device:str|None=None):
     "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state and the loss parts."
     device = device or current_device()
-    pairs = student_pairs(params, student, teacher) if cached is not None else []
+    pairs = _student_pairs(params, student, teacher) if cached is not None else []
     ds, dt = hidden_dims(student), hidden_dims(teacher)
     proj = nn.ModuleDict({f'{s}_{t}': make_projection(student, ds[s], dt[t]) for s, t in pairs})
     student.proj = proj  # registered, so its parameters train and move with the student
@@ -519,7 +537,9 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # No
 
 # %% ../../nbs/40_distill.ipynb #c048
 @torch.no_grad()
-def inference_ms(models:dict, data, n_batches:int=3, batch_size:int=32, repeats:int=3, device:str|None=None) -> dict:
+def inference_ms(models:dict, # name -> model, timed interleaved
+                 data, # `Tokens` or `Images`: batches drawn at random (fixed seed)
+                 n_batches:int=3, batch_size:int=32, repeats:int=3, device:str|None=None) -> dict:
     "Median ms per batch of each model over the same `n_batches` random batches of `data`, the models interleaved (`measure.time_it`)."
     device = device or current_device()
     g = torch.Generator().manual_seed(0)
@@ -542,7 +562,7 @@ def energy_counter(device:str) -> tuple:
     if not readable: return None, 'not measurable here: this host exposes no readable RAPL energy counter (/sys/class/powercap)'
     return (lambda: sum(int(f.read_text()) for f in readable) / 1e6), f'RAPL package energy, {len(readable)} package(s) (whole CPU, not this process alone)'
 
-def measure_energy(fn, device:str) -> tuple:
+def _measure_energy(fn, device:str) -> tuple:
     "(`fn()`, joules the counter of `device` advanced meanwhile or None, what was read or why not)."
     read, what = energy_counter(device)
     if read is None: return fn(), None, what
@@ -562,16 +582,16 @@ def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the tea
     distilled = is_distilled(params)
     use = cached if distilled else None
     params = dict(params, precision=resolve_precision(params['precision'], device))  # 'mixed': from the run's device, never at import
-    require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
+    _require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
     mem_probe = copy.deepcopy(student)
-    (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
+    (state, parts), energy_j, energy = _measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
     peak_mb = peak_memory_mb(lambda: distill_student(mem_probe, teacher, use, train_data, dict(params, steps=1), seed, device), device)
     del student.proj  # inference uses the classifier only
-    s_scores, t_scores = scores(student, eval_data, device), classification_scores(cached['val_logits'], eval_data.labels)
+    s_scores, t_scores = _scores(student, eval_data, device), classification_scores(cached['val_logits'], eval_data.labels)
     ms = inference_ms(dict(teacher=teacher, student=student), eval_data, params['speed_batches'], params['batch_size'],
                       params['speed_repeats'], device)
     teacher_cost_s = (trec['train_s'] + cached['forward_s']) if distilled else 0.0
-    pairs = student_pairs(params, student, teacher) if distilled else []
+    pairs = _student_pairs(params, student, teacher) if distilled else []
     cache_mb = (cached['logits'].numel() * 4 + sum(cached['hidden'][t].numel() * 2 for t in {t for _, t in pairs})) / 1e6 if distilled else 0.0
     counts = torch.bincount(eval_data.labels)
     out = dict(accuracy=s_scores['accuracy'], f1=s_scores['f1'], val_loss=s_scores['loss'],
@@ -620,13 +640,13 @@ VISION_FULL = dict(  # the plan's vision half: ResNet-50 -> ResNet-18 on CIFAR-1
     lr=1e-3,                        # student AdamW peak lr, linear decay
     wd=5e-4,                        # AdamW weight decay (teacher and student)
     speed_batches=10, speed_repeats=5)  # inference timing, as NLP
-SMOKE_NLP = dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=96, teacher_steps=4, teacher_lr=1e-4,
+_SMOKE_NLP = dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=96, teacher_steps=4, teacher_lr=1e-4,
                  n_train=48, steps=3, n_val=48, batch_size=16, max_len=24, lr=2e-4, speed_batches=1, speed_repeats=1, freeze_word_embeddings=True)
 
 def task_params(profile:str) -> dict:
     "Sizes for a profile, one dict per part: {'nlp': {...}, 'vision': {...}} (an arm keeps them under `params['parts']`)."
-    nlp = by_profile(profile, smoke=SMOKE_NLP, full=NLP_FULL,
-        quick=dict(SMOKE_NLP, n_teacher_train=4800, teacher_steps=150, n_train=1280, steps=40, n_val=None, batch_size=32, max_len=64,
+    nlp = by_profile(profile, smoke=_SMOKE_NLP, full=NLP_FULL,
+        quick=dict(_SMOKE_NLP, n_teacher_train=4800, teacher_steps=150, n_train=1280, steps=40, n_val=None, batch_size=32, max_len=64,
                    speed_batches=3, speed_repeats=3),
         # dryrun: full's models, shapes and precision; two batches of data, 2 steps, one timing round
         dryrun=dict(NLP_FULL, n_teacher_train=64, teacher_steps=2, n_train=64, steps=2, n_val=64, speed_batches=1, speed_repeats=1))
@@ -643,12 +663,12 @@ def fit_part(params:dict, # the arm's params: shared keys and `parts`
              seed:int, profile:str, device:str) -> dict:
     "One part of a cell: its student (3 MiniLM layers or a ResNet-18), alone or distilled from the cached teacher; metrics unprefixed."
     pp = part_params(params, part)
-    tr, ev, source = part_data(pp, part, profile)
+    tr, ev, source = _part_data(pp, part, profile)
     teacher, trec = get_teacher(pp, part, profile, device)
     torch.manual_seed(seed)  # the student's head and dropout (NLP) or initialisation (vision): the same in every arm of this seed
-    student = build_student(pp, part, teacher, profile)
+    student = _build_student(pp, part, teacher, profile)
     pp = dict(pp, n_train=min(pp['n_train'], len(tr)))  # the digits stand-in holds 1,437 training images
-    layers = sorted({t for _, t in student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
+    layers = sorted({t for _, t in _student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
     cached = teacher_outputs(teacher, pp, part, profile, trec, device, layers)
     out = dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source)
     return dict(out, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
@@ -716,7 +736,9 @@ def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
         return bool(v > need), f'{who} accuracy {v:.3f} (needs > {need:.3f}: majority class {chance:.3f} + {CHANCE_MARGIN})'
     return Gate(f'the {who} beats the majority-class rate by {CHANCE_MARGIN}', check)
 
-def gate_reduced(prefix:str, arm:str) -> Gate: # prefix: the part's metric prefix; arm: a mixed arm
+def gate_reduced(prefix:str, # the part's metric prefix ('' or 'vision_')
+                 arm:str, # a mixed arm
+                ) -> Gate:
     "Every cell of the mixed arm `arm` ran in reduced precision (bf16 or fp16), not fp32 (where 'mixed' resolves to fp32)."
     return gate_info(prefix + 'precision_used', arm, lambda v: v in ('bf16', 'fp16'),
                      f"{arm} ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
@@ -748,15 +770,15 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
           '(3 cached layers or stages against all of them)', 'teacher_cache_mb', 'last3_fp32', 0.0, '<', 'diff', vs='all_fp32', source='study plan'),
     ]
 
-PRIMARY = (('', ('distill-beats-alone', 'mixed-faster')), ('vision_', ('distill-beats-alone',)))
+_PRIMARY = (('', ('distill-beats-alone', 'mixed-faster')), ('vision_', ('distill-beats-alone',)))
 
 def claims() -> list:
     "Both parts' claims; primary: distillation beats the student alone (each part), mixed precision cuts training time (NLP)."
-    p = dict(PRIMARY)
+    p = dict(_PRIMARY)
     return _claims('', '', 'NLP', 'teacher layers', p['']) + _claims('vision_', 'vision-', 'Vision', '4 teacher stages', p['vision_'])
 
 # %% ../../nbs/40_distill.ipynb #c056
-HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
+_HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
 
 def _goal(cid:str) -> float:
     "The threshold of claim `cid` (the goals table restates the claims, never a typed number)."
@@ -780,7 +802,7 @@ def sections(records:list, # the runner's records
              table, # the long results table (`runner.results_table`)
             ) -> list:
     "Goals vs measurements with the precision and energy as run (each part), the teachers' one-off costs, and loss curves."
-    halves = [(p, t) for p, t in HALVES if p + 'accuracy' in set(table.metric)]
+    halves = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)]
     counters = lambda p: '; '.join(esc(x) for x in sorted({r['info'].get(p + 'energy_counter', '') for r in records}))
     goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(_goal('retention'), 2)} and inference speed-up ≥ "
              f"{fmt(_goal('speed'), 2)}x.</p>" + ''.join(f'<h4>{esc(t)}</h4><p>Energy counter: {counters(p)}.</p>{_goals(records, table, p)}' for p, t in halves))
