@@ -1,5 +1,6 @@
-"""distill: the loss and layer maps by hand, the teacher caches, a small paired run end to end, and the vision half on the
-CIFAR-10 mirror and on its digits stand-in (smoke profile)."""
+"""distill: the teacher caches (core.disk_cached), a small paired run end to end through the runner and the report, the dryrun
+cell, and the vision half on the CIFAR-10 mirror and on its digits stand-in (smoke profile). Checks of single functions live
+beside them in nbs/40_distill.ipynb."""
 import dataclasses
 import numpy as np
 import pytest
@@ -14,89 +15,37 @@ def cache(tmp_path_factory):
     import os
     path, old = tmp_path_factory.mktemp('distill') / 'cache', os.environ.get('LWSTUDY_CACHE')
     os.environ['LWSTUDY_CACHE'] = str(path)
-    d._tokens.clear()
+    d._tokenised.cache_clear(); d._images.cache_clear()
     yield path
     if old is None: os.environ.pop('LWSTUDY_CACHE', None)
     else: os.environ['LWSTUDY_CACHE'] = old
 
 
-def test_layer_maps():
-    assert d.layer_map('every_other', 6, 3) == [(0, 1), (1, 3), (2, 5)]
-    assert d.layer_map('last3', 6, 3) == [(0, 3), (1, 4), (2, 5)]
-    assert [t for _, t in d.layer_map('all', 6, 3)] == list(range(6))
-    with pytest.raises(BadInput, match='layer scheme'): d.layer_map('first2', 6, 3)
-    with pytest.raises(ValueError): d.layer_map('every_other', 6, 4)
-    assert d.layer_map('all', 4, 4) == [(k, k) for k in range(4)]  # ResNet-50 -> ResNet-18 stages
-    assert d.layer_map('last3', 4, 4) == [(1, 1), (2, 2), (3, 3)] and d.layer_map('every_other', 4, 4) == [(1, 1), (3, 3)]
-
-
-def test_loss_by_hand():
-    s, t, y = torch.tensor([[2., 0.]]), torch.tensor([[0., 2.]]), torch.tensor([0])
-    loss, parts = d.distill_loss(s, y, t, T=2.0, w_kd=1.0)
-    assert parts['ce'] == pytest.approx(np.log1p(np.exp(-2)), rel=1e-6)
-    assert parts['kd'] == pytest.approx(4 * np.tanh(0.5), rel=1e-5)
-    assert float(loss) == pytest.approx(parts['ce'] + parts['kd'], rel=1e-6)
-    hs, ht = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
-    ht[0, 1] = 100.0  # a padded position: must not count
-    assert float(d.masked_mse(hs, ht, torch.tensor([[1, 0]]))) == pytest.approx(1.0)
-    # feature maps: a 1x1 convolution from 1 to 2 channels (weights 2 and -1, no bias) against a teacher of zeros
-    proj = d.make_projection(d.resnet18(width=4), 1, 2)
-    with torch.no_grad(): proj.weight.copy_(torch.tensor([2., -1.]).reshape(2, 1, 1, 1)); proj.bias.zero_()
-    fs = torch.tensor([1., 3.]).reshape(1, 1, 1, 2)
-    with torch.no_grad(): assert float(d.masked_mse(proj(fs), torch.zeros(1, 2, 1, 2))) == pytest.approx((4 + 36 + 1 + 9) / 4)
-
-
-def test_resnet_hooks_capture_the_stages():
-    t, s = d.resnet50(width=4).eval(), d.resnet18(width=4).eval()
-    x = torch.randn(2, 3, 32, 32)
-    for m, dims in ((t, [16, 32, 64, 128]), (s, [4, 8, 16, 32])):
-        assert d.hidden_dims(m) == dims
-        with torch.no_grad(), d.HiddenCapture(m, d.hidden_paths(m)) as cap: m(x)
-        assert [tuple(cap.outputs[p].shape) for p in d.hidden_paths(m)] == [(2, c, 32 >> k, 32 >> k) for k, c in enumerate(dims)]
-        with torch.no_grad(): assert torch.allclose(cap.outputs['layer2'], m.layer2(m.layer1(m.stem(x))), atol=1e-6)
-
-
-def test_student_holds_chosen_layers():
-    enc = d.load_pretrained('minilm')
-    st = d.student_from_layers(enc, [5, 1])
-    for n, src in enumerate([5, 1]):
-        a, b = st.encoder.layer[n].state_dict(), enc.encoder.layer[src].state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in b)
-
-
-def test_arms_differ_only_in_factor():
-    a = d.arms('smoke')
-    assert len({frozenset(p) for p in a.values()}) == 1
-    diff = lambda x, y: sorted(k for k in a[x] if a[x][k] != a[y][k])
-    assert diff('alone_mixed', 'alone_fp32') == ['precision']
-    assert diff('every_other_fp32', 'all_fp32') == ['layers']
-
-
 def test_teacher_is_cached_and_reused(cache, monkeypatch):
-    p = dict(d.arms('smoke')['last3_fp32'])
-    t1, rec1 = d.get_teacher(p, 'smoke')
+    p = d.part_params(d.arms('smoke')['last3_fp32'], 'nlp')
+    t1, rec1 = d.get_teacher(p, 'nlp', 'smoke')
     assert len(list(cache.glob('distill/teacher_*.pt'))) == 1
     monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached teacher was trained again'))
-    t2, rec2 = d.get_teacher(p, 'smoke')
+    t2, rec2 = d.get_teacher(p, 'nlp', 'smoke')
     assert rec1 == rec2
     assert all(torch.equal(a, b) for a, b in zip(t1.state_dict().values(), t2.state_dict().values()))
-    out = d.teacher_outputs(t2, p, 'smoke', rec2, layers=[5, 3])
+    out = d.teacher_outputs(t2, p, 'nlp', 'smoke', rec2, layers=[5, 3])
     tr, _, _ = d.sst2_tokens(p, 'smoke')
     ids, mask, _ = tr.batch([0, 1])
     with torch.no_grad(): assert torch.allclose(out['logits'][[0, 1]], t2(ids, mask), atol=1e-4)
     assert sorted(out['hidden']) == [3, 5] and out['offsets'][-1] == out['hidden'][3].shape[0] == int(tr.lengths[:p['n_train']].sum())
-    layer_files = sorted(f.stem.rsplit('_', 1)[1] for f in cache.glob('distill/teacher_hidden_*_L?.pt'))
+    layer_files = sorted(f.name.split('_')[2] for f in cache.glob('distill/teacher_hidden_L?_*.pt'))
     assert layer_files == ['L3', 'L5']  # only the layers asked for are cached
     monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('cached layers were computed again'))
-    again = d.teacher_outputs(t2, p, 'smoke', rec2, layers=[3])
+    again = d.teacher_outputs(t2, p, 'nlp', 'smoke', rec2, layers=[3])
     assert torch.equal(again['hidden'][3], out['hidden'][3]) and sorted(again['hidden']) == [3]
 
 
 def test_cache_files_are_not_unpickled(cache):
     "A cache file holding a pickled callable (planted on a shared filesystem, say) is refused, not run."
-    p = dict(d.arms('smoke')['last3_fp32'])
+    p = d.part_params(d.arms('smoke')['last3_fp32'], 'nlp')
     from pathlib import Path
-    f = Path(d.get_teacher(p, 'smoke')[1]['path'])
+    f = Path(d.get_teacher(p, 'nlp', 'smoke')[1]['path'])
     assert f.parent == cache / 'distill'
     ran = []
     class Planted:
@@ -104,19 +53,19 @@ def test_cache_files_are_not_unpickled(cache):
     good = f.read_bytes()
     try:
         torch.save(dict(state={}, record=Planted()), f)
-        with pytest.raises(Exception, match='Weights only load failed'): d.get_teacher(p, 'smoke')
-        assert ran == []
+        d.get_teacher(p, 'nlp', 'smoke')  # core.disk_cached refuses it (weights_only), moves it aside and trains again
+        assert ran == [] and (f.parent / (f.name + '.corrupt')).exists()
     finally: f.write_bytes(good)
 
 
 def test_cache_estimate_refuses_before_allocating(cache, monkeypatch, capsys):
     from lwstudy import measure
-    p = dict(d.arms('smoke')['all_fp32'])
-    t, rec = d.get_teacher(p, 'smoke')
+    p = d.part_params(d.arms('smoke')['all_fp32'], 'nlp')
+    t, rec = d.get_teacher(p, 'nlp', 'smoke')
     tr, _, _ = d.sst2_tokens(p, 'smoke')
     monkeypatch.setattr(measure, 'available_bytes', lambda *a, **k: 1000)
     monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('allocated before the memory check'))
-    with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'smoke', rec, layers=range(6))
+    with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'nlp', 'smoke', rec, layers=range(6))
     want = d.cache_bytes(d.hidden_shapes(t, tr, p['n_train']), range(6))
     assert want == 2 * 6 * 384 * int(tr.lengths[:p['n_train']].sum())  # fp16 packed states of 6 layers
     assert 'NLP teacher cache' in capsys.readouterr().out
@@ -135,7 +84,7 @@ def test_mixed_precision_is_resolved_in_fit_not_at_import(monkeypatch):
 
 def test_mixed_cell_on_cpu_says_what_ran(cache):
     from lwstudy.train import resolve_precision
-    out = d.fit_vision(d.vision_params(d.arms('smoke')['alone_mixed']), 0, 'smoke', 'cpu')
+    out = d.fit_part(d.arms('smoke')['alone_mixed'], 'vision', 0, 'smoke', 'cpu')
     assert out['precision_used'] == resolve_precision('mixed', 'cpu') and out['precision_used'] != 'fp16'
     assert out['energy_counter'] == d.energy_counter('cpu')[1]
     assert ('train_energy_j' in out) == (d.energy_counter('cpu')[0] is not None)
@@ -172,7 +121,7 @@ def test_small_paired_run_and_report(home, cache):
 
 @pytest.mark.needs_data
 def test_quick_reads_the_glue_validation_set():
-    p = d.task_params('quick')
+    p = d.task_params('quick')['nlp']
     _, val, source = d.sst2_tokens(dict(p, teacher='minilm'), 'quick')
     assert len(val) == 872 and 'mirror' in source
 
@@ -180,7 +129,7 @@ def test_quick_reads_the_glue_validation_set():
 def _vision_cells(profile='smoke'):
     "The vision half of the alone and last3 cells of seed 0."
     a = d.arms(profile)
-    return {k: d.fit_vision(d.vision_params(a[k]), 0, profile, 'cpu') for k in ('alone_fp32', 'last3_fp32')}
+    return {k: d.fit_part(a[k], 'vision', 0, profile, 'cpu') for k in ('alone_fp32', 'last3_fp32')}
 
 
 def _check_vision_cells(out, source_word):
@@ -195,21 +144,21 @@ def _check_vision_cells(out, source_word):
 
 
 def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):
-    vp = d.vision_params(d.arms('smoke')['last3_fp32'])
+    vp = d.part_params(d.arms('smoke')['last3_fp32'], 'vision')
     train_im, test_im, source = d.cifar_images(vp, 'smoke')
     assert 'digits' in source and train_im.x.shape[1:] == (3, 16, 16) and len(test_im) == vp['n_test']
     out = _vision_cells()
     _check_vision_cells(out, 'digits')
     monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
-    t, rec = d.get_vision_teacher(vp, 'smoke')
-    cached = d.vision_teacher_outputs(t, vp, 'smoke', rec, layers=range(4))
+    t, rec = d.get_teacher(vp, 'vision', 'smoke')
+    cached = d.teacher_outputs(t, vp, 'vision', 'smoke', rec, layers=range(4))
     with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0]], t(train_im.x[[2, 0]]), atol=1e-4)
     assert [tuple(cached['hidden'][k].shape[1:]) for k in range(4)] == [(4 * 4 * 2 ** k, 16 >> k, 16 >> k) for k in range(4)]  # smoke: 16-pixel images
 
 
 @pytest.mark.needs_data
 def test_vision_on_cifar10_mirror(cache):
-    vp = d.vision_params(d.arms('smoke')['last3_fp32'])
+    vp = d.part_params(d.arms('smoke')['last3_fp32'], 'vision')
     train_im, _, source = d.cifar_images(vp, 'smoke')
     assert source.count('mirror') == 2 and 'cifar10' in source and set(train_im.labels.tolist()) <= set(range(10))
     _check_vision_cells(_vision_cells(), 'cifar10')
@@ -220,23 +169,24 @@ def test_dryrun_cell_runs_full_models_on_cpu(cache, capsys):
     "dryrun: full's models (BERT-large -> BERT-base, ResNet-50 -> ResNet-18 at width 64, 32 pixels), 2 steps, offline."
     from lwstudy.train import resolve_precision
     p = d.arms('dryrun')['last3_mixed']
-    assert (p['teacher'], p['student_base'], p['vision_width'], p['vision_image_size']) == ('bert-large', 'bert-base', 64, 32)
+    n, v = p['parts']['nlp'], p['parts']['vision']
+    assert (n['teacher'], n['student_base'], v['width'], v['image_size']) == ('bert-large', 'bert-base', 64, 32)
     out = d.fit(dict(p), 0, 'dryrun')
     printed = capsys.readouterr().out
     assert out['teacher_params'] > 3e8 and out['student_params'] > 1e8  # BERT-large (335M), BERT-base (109M)
     assert out['hidden_pairs'] == '[(9, 21), (10, 22), (11, 23)]' and out['vision_hidden_pairs'] == '[(1, 1), (2, 2), (3, 3)]'
     assert out['precision_used'] == out['vision_precision_used'] == resolve_precision('mixed', 'cpu')
     assert 'full (estimated from dryrun): NLP teacher cache' in printed and 'dryrun: vision teacher cache' in printed
-    assert len(out['loss_curve']) == p['steps'] == 2
+    assert len(out['loss_curve']) == n['steps'] == 2
 
 
 def test_quick_vision_sizes_scale_to_the_standin(no_mirror):
     "quick asks for 10,000 + 1,000 CIFAR images; the digits stand-in has fewer, so the sizes are scaled to it and recorded."
     from lwstudy import data
     data.sources_used(reset=True)
-    vp = d.vision_params(d.arms('quick')['alone_fp32'])
+    vp = d.part_params(d.arms('quick')['alone_fp32'], 'vision')
     sz = d.vision_sizes(vp, 'quick')
     have = {s: data.available_rows('cifar10', s, 'quick') for s in ('train', 'test')}
     assert have['train'] < vp['n_teacher_train'] and sz == dict(n_teacher_train=have['train'], n_test=have['test'])
     assert any(s.get('scaled') for s in data.sources_used() if s['dataset'] == 'cifar10')
-    assert d.vision_sizes(d.vision_params(d.arms('smoke')['alone_fp32']), 'smoke') == dict(n_teacher_train=128, n_test=64)
+    assert d.vision_sizes(d.part_params(d.arms('smoke')['alone_fp32'], 'vision'), 'smoke') == dict(n_teacher_train=128, n_test=64)

@@ -4,56 +4,52 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy, io, math, os, shutil, time
+import copy, functools, math, os, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
-from ..core import BadInput, atomic_write, by_profile, cache_dir, current_device, make_generator, param_hash
-from ..data import image_tensors, load, sources_used, take
+from ..core import BadInput, by_profile, cache_dir, cache_path, check_choice, current_device, disk_cached, make_generator
+from ..data import image_tensors, load, scale_to_available, sources_used, take
 from ..measure import peak_memory_mb, require_memory, sync, time_it
-from ..models import ResNet, bert_tokenizer, count_params, from_config_or_pretrained, load_pretrained, masked_mean_pool, resnet18, resnet50
-from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info
+from ..models import ResNet, bert_tokenizer, count_params, from_config_or_pretrained, masked_mean_pool, resnet18, resnet50
+from ..report import esc, fig_to_img, fmt, html_table, seed_curves
+from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, part_params
 from ..train import WarmupLinear, classification_scores, predict, resolve_precision, to_device, train
 
 # %% auto #0
-__all__ = ['LAYER_SCHEMES', 'SHARD_BYTES', 'VISION_SHARED', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
-           'METRICS', 'PRIMARY', 'HALVES', 'VISION_SIZING', 'HiddenCapture', 'TextClassifier', 'layer_path',
-           'stage_path', 'hidden_paths', 'hidden_dims', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse',
-           'distill_loss', 'student_from_layers', 'Tokens', 'pack', 'unpack', 'Images', 'save_cache', 'load_cache',
-           'flip_crop', 'model_logits', 'evaluate_model', 'require_training_memory', 'train_teacher', 'cached_teacher',
-           'teacher_logits', 'hidden_shapes', 'cache_bytes', 'teacher_hidden', 'cached_hidden', 'cached_outputs',
-           'sst2_tokens', 'teacher_key', 'get_teacher', 'teacher_outputs', 'vision_params', 'vision_sizes',
-           'cifar_images', 'vision_teacher_key', 'get_vision_teacher', 'n_student_images', 'vision_teacher_outputs',
-           'build_student', 'student_pairs', 'distill_loss_fn', 'distill_student', 'inference_ms', 'energy_counter',
-           'measure_energy', 'train_and_measure', 'task_params', 'is_distilled', 'arm_layers', 'fit_text', 'fit_vision',
-           'fit', 'arms', 'gate_learned', 'gate_reduced', 'claims', 'sections', 'spec']
+__all__ = ['LAYER_SCHEMES', 'SHARD_BYTES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY',
+           'CHANCE_MARGIN', 'METRICS', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
+           'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers', 'Tokens',
+           'pack', 'unpack', 'Images', 'flip_crop', 'model_logits', 'train_teacher', 'hidden_shapes', 'cache_bytes',
+           'teacher_hidden', 'cached_hidden', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher',
+           'teacher_outputs', 'distill_loss_fn', 'distill_student', 'inference_ms', 'energy_counter', 'is_distilled',
+           'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'gate_reduced', 'claims',
+           'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c005
-def _first(o):
-    "The tensor of a module's output (transformers layers return a tensor or a tuple whose first item is the hidden state)."
-    return o[0] if isinstance(o, (tuple, list)) else o
-
 class HiddenCapture:
     "Within `with`, record the output of each module of `model` named in `paths` into `.outputs[path]`."
-    def __init__(self, model:nn.Module, paths, detach:bool=False):
+    def __init__(self, model:nn.Module, # the model whose modules are hooked
+                 paths, # module paths (`named_modules` names) to record
+                 detach:bool=False): # store detached outputs (no graph)
         mods = dict(model.named_modules())
         missing = [p for p in paths if p not in mods]
         if missing: raise KeyError(f'no module named {missing} in {type(model).__name__}')
-        self.model, self.paths, self.detach, self.outputs, self._handles = model, list(paths), detach, {}, []
+        self.paths, self.detach, self.outputs, self._handles = list(paths), detach, {}, []
         self._mods = {p: mods[p] for p in self.paths}
 
     def _hook(self, path):
         def hook(module, args, output):
-            o = _first(output)
+            o = output[0] if isinstance(output, (tuple, list)) else output  # transformers layers may return a tuple
             self.outputs[path] = o.detach() if self.detach else o
         return hook
 
     def __enter__(self):
-        self.outputs = {}
-        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in self._mods.items()]
+        self.outputs, self._handles = {}, [m.register_forward_hook(self._hook(p)) for p, m in self._mods.items()]
         return self
 
     def __exit__(self, *exc):
@@ -80,14 +76,10 @@ def layer_path(k:int) -> str:
     return f'encoder.encoder.layer.{k}'
 
 # %% ../../nbs/40_distill.ipynb #c011
-def stage_path(k:int) -> str:
-    "Module path of stage `k` (0-based) of a `lwstudy.models.ResNet`."
-    return f'layer{k + 1}'
-
 def hidden_paths(model:nn.Module) -> list[str]:
     "Module paths of the hidden states of `model` that distillation can match: transformer layers or ResNet stages."
     if isinstance(model, TextClassifier): return [layer_path(k) for k in range(model.n_layers)]
-    if isinstance(model, ResNet): return [stage_path(k) for k in range(4)]
+    if isinstance(model, ResNet): return [f'layer{k + 1}' for k in range(4)]
     raise TypeError(f'no hidden-state paths known for {type(model).__name__}')
 
 def hidden_dims(model:nn.Module) -> list[int]:
@@ -98,7 +90,10 @@ def hidden_dims(model:nn.Module) -> list[int]:
         return [w * 2 ** k * e for k in range(4)]
     raise TypeError(f'no hidden-state widths known for {type(model).__name__}')
 
-def make_projection(model:nn.Module, d_student:int, d_teacher:int) -> nn.Module:
+def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
+                    d_student:int, # the student state's width (hidden size or channels)
+                    d_teacher:int, # the teacher state's
+                   ) -> nn.Module:
     "The learned map from a student hidden state of width `d_student` to its teacher's `d_teacher`."
     if d_student == d_teacher: return nn.Identity()
     return nn.Conv2d(d_student, d_teacher, 1) if isinstance(model, ResNet) else nn.Linear(d_student, d_teacher)
@@ -111,7 +106,6 @@ def layer_map(scheme:str, # one of `LAYER_SCHEMES`
               n_student:int, # student layers
              ) -> list[tuple[int, int]]:
     "The (student layer, teacher layer) pairs whose hidden states are matched under `scheme`."
-    from lwstudy.core import check_choice
     check_choice('layer scheme', scheme, LAYER_SCHEMES)
     if scheme == 'none': return []
     if scheme == 'last3':
@@ -124,21 +118,31 @@ def layer_map(scheme:str, # one of `LAYER_SCHEMES`
     return [(k, t) for k in range(n_student) for t in range(k * r, (k + 1) * r)]
 
 # %% ../../nbs/40_distill.ipynb #c018
-def soft_kl(student_logits, teacher_logits, T:float=2.0):
+def soft_kl(student_logits, # (B, C)
+            teacher_logits, # (B, C)
+            T:float=2.0, # the softmax temperature
+           ):
     "Hinton's soft-target loss: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch."
     return F.kl_div(F.log_softmax(student_logits.float() / T, -1), F.log_softmax(teacher_logits.float() / T, -1),
                     reduction='batchmean', log_target=True) * T * T
 
-def masked_mse(student_h, teacher_h, mask=None):
+def masked_mse(student_h, # (B, L, d) token states or (B, C, H, W) feature maps
+               teacher_h, # the same shape
+               mask=None, # (B, L): 1 at real positions; None: every position counts
+              ):
     "Mean squared error per element over positions where `mask` is 1 (all positions when `mask` is None)."
     d2 = (student_h.float() - teacher_h.float()).pow(2)
     if mask is None: return d2.mean()
     m = mask.to(d2.dtype).reshape(*mask.shape, *([1] * (d2.dim() - mask.dim())))
     return (d2 * m).sum() / (m.sum() * d2[0].numel() / m[0].numel())
 
-def distill_loss(student_logits, labels, teacher_logits=None, pairs=(), mask=None, *, T:float=2.0,
-                 w_ce:float=1.0, w_kd:float=1.0, w_hid:float=1.0) -> tuple[torch.Tensor, dict]:
-    "The combined loss and its parts; `pairs` is a list of (student hidden, teacher hidden) tensors."
+def distill_loss(student_logits, labels,
+                 teacher_logits=None, # None: no soft-target term
+                 pairs=(), # (student hidden, teacher hidden) tensors, already projected to the teacher's width
+                 mask=None, # real-token mask of the hidden states (None: every position counts)
+                 *, T:float=2.0, w_ce:float=1.0, w_kd:float=1.0, w_hid:float=1.0, # temperature and the three weights
+                ) -> tuple[torch.Tensor, dict]:
+    "The combined loss and its parts (ce, and kd / hid where present)."
     parts = dict(ce=F.cross_entropy(student_logits.float(), labels))
     if teacher_logits is not None and w_kd: parts['kd'] = soft_kl(student_logits, teacher_logits, T)
     if pairs and w_hid: parts['hid'] = torch.stack([masked_mse(s, t, mask) for s, t in pairs]).mean()
@@ -146,12 +150,12 @@ def distill_loss(student_logits, labels, teacher_logits=None, pairs=(), mask=Non
     return sum(w[k] * v for k, v in parts.items()), {k: float(v.detach()) for k, v in parts.items()}
 
 # %% ../../nbs/40_distill.ipynb #c026
-def student_from_layers(encoder:nn.Module, layers) -> nn.Module:
-    "A copy of a BERT-family `encoder` keeping only the transformer layers at indices `layers` (in that order)."
-    layers = list(layers)
-    n = len(encoder.encoder.layer)
-    bad = [l for l in layers if not 0 <= l < n]
-    if bad or not layers: raise ValueError(f'layers {layers} must be non-empty indices in 0..{n - 1}')
+def student_from_layers(encoder:nn.Module, # a BERT-family encoder (`transformers` BertModel-like)
+                        layers, # the indices of its transformer layers to keep, in order
+                       ) -> nn.Module:
+    "A copy of `encoder` keeping its embeddings and only the transformer layers at indices `layers`."
+    layers, n = list(layers), len(encoder.encoder.layer)
+    if not layers or any(not 0 <= l < n for l in layers): raise ValueError(f'layers {layers} must be non-empty indices in 0..{n - 1}')
     cfg = copy.deepcopy(encoder.config); cfg.num_hidden_layers = len(layers)
     student = type(encoder)(cfg, add_pooling_layer=False)
     student.embeddings.load_state_dict(encoder.embeddings.state_dict())
@@ -159,6 +163,13 @@ def student_from_layers(encoder:nn.Module, layers) -> nn.Module:
     return student
 
 # %% ../../nbs/40_distill.ipynb #c031
+def _until(steps:int|None, epoch) -> list:
+    "Batches from `epoch()` (one epoch per call) until `steps` of them (one epoch when None)."
+    out = []
+    while True:
+        out += epoch()
+        if steps is None or len(out) >= steps: return out if steps is None else out[:steps]
+
 class Tokens:
     "Token ids of a list of texts (unpadded, truncated to `max_len`) with labels; `batch(idx)` pads to the longest."
     def __init__(self, texts, labels, tokenizer, max_len:int=64):
@@ -191,26 +202,34 @@ class Tokens:
         order = torch.argsort(self.lengths, stable=True).tolist()
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def train_batches(self, n:int, batch_size:int, seed:int, steps:int|None=None, bucket:int=16) -> list:
-        "Shuffled index batches of the first `n` examples, each drawn from a pool of `bucket` batches sorted by length; epochs until `steps`."
+    def train_batches(self, n:int, # use the first `n` examples
+                      batch_size:int, seed:int,
+                      steps:int|None=None, # batches in all (epochs repeat); None: one epoch
+                      bucket:int=16, # a batch is drawn from a pool of `bucket` batches sorted by length
+                     ) -> list:
+        "Shuffled, length-bucketed index batches of the first `n` examples, epochs until `steps`."
         g = make_generator(seed, stream=1)
-        out = []
-        while True:
-            perm = torch.randperm(n, generator=g)
-            batches = []
+        def epoch():
+            perm, batches = torch.randperm(n, generator=g), []
             for i in range(0, n, batch_size * bucket):
                 pool = perm[i:i + batch_size * bucket]
                 pool = pool[torch.argsort(self.lengths[pool], stable=True)]
                 batches += [pool[j:j + batch_size] for j in range(0, len(pool), batch_size)]
-            out += [(batches[i],) for i in torch.randperm(len(batches), generator=g).tolist()]
-            if steps is None or len(out) >= steps: return out if steps is None else out[:steps]
+            return [(batches[i],) for i in torch.randperm(len(batches), generator=g).tolist()]
+        return _until(steps, epoch)
 
 # %% ../../nbs/40_distill.ipynb #c034
-def pack(hidden:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
-    "The rows of `hidden` (B, L, d) at real tokens (`mask` 1), in order, as (tokens, d)."
+def pack(hidden:torch.Tensor, # (B, L, d)
+         mask:torch.Tensor, # (B, L), 1 at real tokens
+        ) -> torch.Tensor:
+    "The rows of `hidden` (B, L, d) at real tokens (`mask` (B, L) 1), in order, as (tokens, d)."
     return hidden[mask.bool()]
 
-def unpack(packed:torch.Tensor, offsets:torch.Tensor, idx, length:int) -> torch.Tensor:
+def unpack(packed:torch.Tensor, # (tokens, d) as `pack` made it, examples one after another
+           offsets:torch.Tensor, # example i's rows are packed[offsets[i]:offsets[i + 1]]
+           idx, # the examples wanted, in order
+           length:int, # pad every example to this many positions
+          ) -> torch.Tensor:
     "A (len(idx), length, d) float32 tensor of the packed examples `idx`, zero-padded."
     rows = [packed[offsets[i]:offsets[i + 1]] for i in idx]
     out = nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
@@ -237,39 +256,14 @@ class Images:
 
     def train_batches(self, n:int, batch_size:int, seed:int, steps:int|None=None) -> list:
         "Shuffled full batches of the first `n` images, reshuffled every epoch, until `steps` batches (one epoch if None)."
-        g, out = make_generator(seed, stream=1), []
-        while True:
+        g = make_generator(seed, stream=1)
+        def epoch():
             perm = torch.randperm(n, generator=g)
-            out += [(perm[i:i + batch_size],) for i in range(0, n - batch_size + 1, batch_size)]
-            if steps is None or len(out) >= steps: return out if steps is None else out[:steps]
+            return [(perm[i:i + batch_size],) for i in range(0, n - batch_size + 1, batch_size)]
+        return _until(steps, epoch)
 
 # %% ../../nbs/40_distill.ipynb #c040
-SHARD_BYTES = 2 ** 29  # a cached hidden state is written in shards of at most 512 MiB (a shard is held twice more while written)
-
-def _cache_file(kind:str, key:dict, part:str='') -> Path:
-    return cache_dir()/'distill'/f"{kind}_{param_hash(key)}{'_' + part if part else ''}.pt"
-
-def save_cache(obj, path:Path) -> Path:
-    "Write `obj` (tensors and plain types only) to `path` atomically (`core.atomic_write`)."
-    buf = io.BytesIO(); torch.save(obj, buf)
-    return atomic_write(path, buf.getvalue())
-
-def load_cache(path:Path):
-    "Read a cache file written by `save_cache`: tensors and plain types only (`weights_only=True`, no unpickling of code)."
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-def _batch_loss(data, augment=None):
-    "Cross-entropy on index batches of `data` (`Tokens` or `Images`), optionally through `augment(*inputs)`."
-    def loss_fn(model, batch):
-        args, y, _ = data.inputs(batch[0].tolist())
-        dev = next(model.parameters()).device
-        args = to_device(args, dev)
-        if augment is not None: args = augment(*args)
-        logits = model(*args)
-        return F.cross_entropy(logits.float(), y.to(dev)), logits
-    return loss_fn
-
-def flip_crop(seed:int=0, pad:int=4):
+def flip_crop(seed:int=0, pad:int=4): # pad: zero padding, so crops shift by up to `pad` pixels
     "The standard CIFAR augmentation: random horizontal flips and random crops of the image zero-padded by `pad`."
     g = make_generator(seed, stream=2)
     def augment(x):
@@ -280,105 +274,92 @@ def flip_crop(seed:int=0, pad:int=4):
         return (torch.stack([x[b, :, i[b]:i[b] + H, j[b]:j[b] + W] for b in range(B)]),)
     return augment
 
-def model_logits(model:nn.Module, data, batch_size:int=64, device:str|None=None) -> torch.Tensor:
-    "Logits of `model` on every example of `data` (`Tokens` or `Images`; fp32, eval mode; `train.predict`), in the examples' order."
+def model_logits(model:nn.Module, data, # `Tokens` or `Images`
+                 batch_size:int=64, device:str|None=None) -> torch.Tensor:
+    "Logits of `model` on every example of `data` (`train.predict`: fp32, eval mode) in the examples' order, whatever the batching."
     device = device or current_device()
     batches = [torch.tensor(b) for b in data.eval_batches(batch_size)]
     def forward(m, b):
-        args, y, _ = data.inputs(b.tolist())
+        args, y, _ = data.inputs(b[0].tolist())
         return m(*to_device(args, device)), y
-    logits, _ = predict(model, [(b,) for b in batches], forward=lambda m, b: forward(m, b[0]), device=device)
+    logits, _ = predict(model, [(b,) for b in batches], forward=forward, device=device)
     return logits[torch.argsort(torch.cat(batches))]
 
-def evaluate_model(model, data, device:str|None=None) -> dict:
-    "Accuracy, macro F1 and cross-entropy of `model` on `data`."
+def _scores(model:nn.Module, data, device:str|None=None) -> dict:
+    "Accuracy, macro F1 and cross-entropy of `model` on `data` (`train.classification_scores` of `model_logits`)."
     return classification_scores(model_logits(model, data, device=device), data.labels)
 
-def require_training_memory(what:str, model:nn.Module, device:str):
+def _require_training_memory(what:str, model:nn.Module, device:str):
     "Print (and check) the memory AdamW training of `model` holds besides activations: fp32 weights, gradients and two moments."
     require_memory(f'{what}: weights, gradients and AdamW state (activations excluded)', 16 * count_params(model), device,
                    'GPU' if str(device).startswith('cuda') else 'RAM')
 
-def train_teacher(model:nn.Module, train_data, eval_data, params:dict, device:str, augment=None) -> dict:
+_CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's loss: cross-entropy alone
+
+def train_teacher(model:nn.Module, train_data, eval_data, # `Tokens` or `Images`
+                  params:dict, # teacher_steps, teacher_lr, batch_size, wd (default 0.01)
+                  device:str, augment=None) -> dict:
     "Train a teacher for `params['teacher_steps']` batches (AdamW, linear decay, fp32); its training time and accuracy."
-    require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
+    _require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
     loader = train_data.train_batches(len(train_data), params['batch_size'], seed=0, steps=params['teacher_steps'])
-    state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=_batch_loss(train_data, augment),
+    state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=distill_loss_fn(model, {}, train_data, None, [], _CE_ONLY, augment),
                   callbacks=[WarmupLinear(params['teacher_lr'], 0, params['teacher_steps'])], device=device)
-    scores = evaluate_model(model, eval_data, device=device)
-    return dict(train_s=state.train_s, steps=state.step, val_accuracy=scores['accuracy'])
-
-def cached_teacher(kind:str, key:dict, build, fit_teacher, device:str) -> tuple[nn.Module, dict]:
-    "The teacher `build()` trained by `fit_teacher(model) -> record` now and cached, or read from the cache, with its record."
-    f = _cache_file(kind, key)
-    torch.manual_seed(0)
-    model = build()
-    if f.exists():
-        blob = load_cache(f)
-        model.load_state_dict(blob['state']); return model.to(device).eval(), blob['record']
-    record = dict(fit_teacher(model), params=count_params(model), path=str(f), device=device)
-    save_cache(dict(state={k: v.cpu() for k, v in model.state_dict().items()}, record=record), f)
-    return model.eval(), record
+    return dict(train_s=state.train_s, steps=state.step, val_accuracy=_scores(model, eval_data, device=device)['accuracy'])
 
 # %% ../../nbs/40_distill.ipynb #c040b
+SHARD_BYTES = 2 ** 29  # bytes: teacher states are cached in chunks of examples of at most 512 MiB a layer (a chunk is held twice while written)
+
 def _batches(n:int, batch_size:int) -> list: return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 @torch.no_grad()
-def teacher_logits(teacher:nn.Module, data, n:int, eval_data, device:str, batch_size:int=64) -> dict:
+def _teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `data`
+                   eval_data, device:str, batch_size:int=64) -> dict:
     "Logits of `teacher` on the first `n` examples of `data` and on `eval_data`, and the time these forward passes took."
     teacher.to(device).eval()
-    t0 = time.perf_counter()
-    logits = torch.cat([teacher(*to_device(data.inputs(idx)[0], device)).float().cpu() for idx in _batches(n, batch_size)])
-    val_logits = model_logits(teacher, eval_data, device=device)
-    sync(device)
-    return dict(logits=logits, val_logits=val_logits, forward_s=time.perf_counter() - t0)
+    def run():
+        logits = torch.cat([teacher(*to_device(data.inputs(idx)[0], device)).float().cpu() for idx in _batches(n, batch_size)])
+        out.update(logits=logits, val_logits=model_logits(teacher, eval_data, device=device))
+    out = {}
+    return dict(out, forward_s=time_it(run, warmup=0, repeats=1, device=device)['median_s'])
 
 @torch.no_grad()
-def hidden_shapes(teacher:nn.Module, data, n:int) -> dict:
-    "Shape of the cached state of each teacher layer on the first `n` examples: (real tokens, d) for token states, (n, C, H, W) for feature maps."
+def hidden_shapes(teacher:nn.Module, data, # `Tokens` or `Images`
+                  n:int, # the first `n` examples of `data`
+                 ) -> dict:
+    "Shape of the cached state of each teacher layer: (real tokens, d) for token states, (n, C, H, W) for feature maps."
     if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(teacher))}
     paths = hidden_paths(teacher)
     with HiddenCapture(teacher.eval(), paths, detach=True) as cap: teacher(*to_device(data.inputs([0])[0], next(teacher.parameters()).device))
     return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
 
-def cache_bytes(shapes:dict, layers) -> int:
+def cache_bytes(shapes:dict, # from `hidden_shapes`
+                layers, # which of them
+               ) -> int:
     "Bytes of the fp16 hidden states of `layers` with these `shapes`."
     return sum(2 * math.prod(shapes[k]) for k in layers)
 
 @torch.no_grad()
-def teacher_hidden(teacher:nn.Module, data, n:int, layers, device:str, batch_size:int=64) -> dict:
-    "The fp16 states (token states packed) of teacher `layers` on the first `n` examples, written into tensors allocated once."
-    shapes, paths = hidden_shapes(teacher, data, n), hidden_paths(teacher)
-    out = {k: torch.empty(shapes[k], dtype=torch.float16) for k in layers}
-    row = 0
-    for idx in _batches(n, batch_size):
-        args, _, mask = data.inputs(idx)
+def teacher_hidden(teacher:nn.Module, data, # `Tokens` or `Images`
+                   idx:list, # the examples, in order
+                   layers, # indices into `hidden_paths(teacher)`
+                   device:str, batch_size:int=64) -> dict:
+    "The fp16 states (token states packed) of teacher `layers` on the examples `idx`, in order."
+    paths, out = hidden_paths(teacher), {k: [] for k in layers}
+    for i in range(0, len(idx), batch_size):
+        args, _, mask = data.inputs(idx[i:i + batch_size])
         with HiddenCapture(teacher, [paths[k] for k in layers], detach=True) as cap: teacher(*to_device(args, device))
         for k in layers:
             h = cap.outputs[paths[k]]
-            h = (h if mask is None else pack(h, mask.to(h.device))).half().cpu()
-            out[k][row:row + len(h)] = h
-        row += len(h)
-    return out
+            out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
 
-def _save_layer(kind:str, key:dict, k:int, t:torch.Tensor):
-    "Write one layer's states in shards of at most `SHARD_BYTES`, then the index that marks the layer complete."
-    n = max(1, math.ceil(t.numel() * t.element_size() / SHARD_BYTES))
-    rows = math.ceil(len(t) / n)
-    for i in range(n): save_cache(t[i * rows:(i + 1) * rows].clone(), _cache_file(kind, key, f'L{k}_{i}'))
-    save_cache(dict(shape=list(t.shape), shards=n), _cache_file(kind, key, f'L{k}'))
-
-def _load_layer(kind:str, key:dict, k:int) -> torch.Tensor:
-    "One layer's states, read shard by shard into a tensor allocated once."
-    meta = load_cache(_cache_file(kind, key, f'L{k}'))
-    out, row = torch.empty(meta['shape'], dtype=torch.float16), 0
-    for i in range(meta['shards']):
-        s = load_cache(_cache_file(kind, key, f'L{k}_{i}')); out[row:row + len(s)] = s; row += len(s)
-    return out
-
-def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, kind:str, key:dict, what:str, full_n:int|None=None) -> dict:
-    "The states of teacher `layers` only: each read from its cache or computed, after `measure.require_memory` checked the total."
+def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str,
+                  tag:str, key:dict, # the cache files: `tag` and what the states depend on
+                  what:str, # names the estimate `measure.require_memory` prints
+                  full_n:int|None=None, # dryrun: `full`'s n, to print what `full` would need
+                 ) -> dict:
+    "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total: one tensor a layer, filled chunk by chunk, each chunk of each layer read from its cache or computed."
     layers = sorted(set(layers))
     if not layers: return {}
     shapes = hidden_shapes(teacher, data, n)
@@ -387,148 +368,133 @@ def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, kind:str, 
         try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
         except BadInput as e: print(f'{e} -- full would refuse here')
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
-    have = [k for k in layers if _cache_file(kind, key, f'L{k}').exists()]
-    out = {k: _load_layer(kind, key, k) for k in have}
-    missing = [k for k in layers if k not in have]
-    if missing:
-        new = teacher_hidden(teacher, data, n, missing, device)
-        free = shutil.disk_usage(cache_dir()).free
-        need = cache_bytes(shapes, missing)
-        if need * 1.1 > free: print(f'{what}: layers {missing} ({need / 1e9:.1f} GB) kept in memory only: {free / 1e9:.1f} GB free on disk')
-        else:
-            for k, t in new.items(): _save_layer(kind, key, k, t)
-        out.update(new)
-    return out
-
-def cached_outputs(kind:str, key:dict, compute) -> dict:
-    "`compute()` now and cached, or read from the cache."
-    f = _cache_file(kind, key)
-    if f.exists(): return load_cache(f)
-    out = compute(); save_cache(out, f)
+    if not (keep := shutil.disk_usage(cache_dir()).free > 1.1 * nbytes): print(f'{what}: layers {layers} ({nbytes / 1e9:.1f} GB) kept in memory only: no room on disk')
+    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else (lambda i: i)
+    step = max(64, int(SHARD_BYTES * n / max(cache_bytes(shapes, [k]) for k in layers)) // 64 * 64)  # whole batches of 64
+    out = {k: torch.empty(shapes[k], dtype=torch.float16) for k in layers}
+    for a in range(0, n, step):
+        idx = list(range(a, min(a + step, n)))
+        ck = {k: dict(key, layer=k, rows=[a, idx[-1] + 1]) for k in layers}
+        need = [k for k in layers if not (keep and cache_path('distill', ck[k], f'{tag}_L{k}').exists())]
+        fresh = teacher_hidden(teacher, data, idx, need, device) if need else {}
+        get = lambda k: fresh[k] if k in fresh else teacher_hidden(teacher, data, idx, [k], device)[k]  # an unreadable file is recomputed
+        for k in layers: out[k][row(a):row(idx[-1] + 1)] = disk_cached('distill', ck[k], lambda: get(k), f'{tag}_L{k}') if keep else get(k)
     return out
 
 # %% ../../nbs/40_distill.ipynb #c042
-def _texts(split:str, profile:str, n:int|None) -> pd.DataFrame:
-    return take(load('sst2', split, profile), n, seed=0)
+def _texts(split:str, profile:str, n:int|None) -> pd.DataFrame: return take(load('sst2', split, profile), n, seed=0)
 
-_tokens: dict = {}
+@functools.cache
+def _tokenised(teacher:str, profile:str, source:str, n_train:int, n_val:int|None, max_len:int) -> tuple[Tokens, Tokens]:
+    "Tokenised once per process and per data `source`."
+    tok = bert_tokenizer(teacher, profile)  # dryrun offline: MiniLM's, the same uncased WordPiece vocabulary
+    return tuple(Tokens(df.sentence, df.label, tok, max_len) for df in (_texts('train', profile, n_train), _texts('validation', profile, n_val)))
 
-def sst2_tokens(params:dict, profile:str) -> tuple[Tokens, Tokens, str]:
-    "Tokenised (train slice, validation set) for `params` and the data source (tokenised once per process)."
-    tr, va = _texts('train', profile, params['n_teacher_train']), _texts('validation', profile, params['n_val'])
+def sst2_tokens(pp:dict, # the NLP part's params (`runner.part_params(params, 'nlp')`)
+                profile:str) -> tuple[Tokens, Tokens, str]:
+    "Tokenised (train slice, validation set) for `pp` and the data source."
+    tr, va = _texts('train', profile, pp['n_teacher_train']), _texts('validation', profile, pp['n_val'])
     source = f"train: {tr.attrs['source']}; validation: {va.attrs['source']}"
-    key = (params['teacher'], params['n_teacher_train'], params['n_val'], params['max_len'], source, profile == 'dryrun')
-    if key not in _tokens:
-        tok = bert_tokenizer(params['teacher'], profile)  # dryrun offline: MiniLM's, the same uncased WordPiece vocabulary
-        _tokens[key] = (Tokens(tr.sentence, tr.label, tok, params['max_len']), Tokens(va.sentence, va.label, tok, params['max_len']))
-    return (*_tokens[key], source)
-
-def teacher_key(params:dict, source:str, weights:str) -> dict:
-    "What the cached NLP teacher depends on."
-    return dict(model=params['teacher'], weights=weights, n=params['n_teacher_train'], steps=params['teacher_steps'],
-                lr=params['teacher_lr'], batch=params['batch_size'], max_len=params['max_len'], source=source, torch=torch.__version__)
-
-def get_teacher(params:dict, profile:str, device:str|None=None) -> tuple[TextClassifier, dict]:
-    "The fine-tuned NLP teacher (trained now and cached, or read from the cache) and its record (train_s, accuracy, ...)."
-    device = device or current_device()
-    train_tk, val_tk, source = sst2_tokens(params, profile)
-    torch.manual_seed(0)  # random weights (dryrun) are the same in every cell
-    enc, weights = from_config_or_pretrained(params['teacher'], profile)
-    model, rec = cached_teacher('teacher', teacher_key(params, source, weights), lambda: TextClassifier(enc),
-                                lambda m: dict(train_teacher(m, train_tk, val_tk, params, device), source=source), device)
-    return model, dict(rec, weights=weights)
-
-def _full_n(profile:str, key:str) -> int|None:
-    "In dryrun, `full`'s value of the size `key` (to estimate what `full` would cache)."
-    return task_params('full')[key] if profile == 'dryrun' else None
-
-def teacher_outputs(teacher:TextClassifier, params:dict, profile:str, record:dict, device:str|None=None, layers=()) -> dict:
-    "NLP teacher outputs, cached: logits on the student's slice and on the validation set, and packed states of `layers` only."
-    device = device or current_device()
-    train_tk, val_tk, source = sst2_tokens(params, profile)
-    n, key = params['n_train'], dict(teacher_key(params, source, record['weights']), n_train=params['n_train'])
-    out = cached_outputs('teacher_out', key, lambda: dict(teacher_logits(teacher, train_tk, n, val_tk, device), teacher_train_s=record['train_s'],
-                                                          offsets=torch.cat([torch.zeros(1, dtype=torch.long), train_tk.lengths[:n].cumsum(0)])))
-    hidden = cached_hidden(teacher, train_tk, n, layers, device, 'teacher_hidden', key, f'{profile}: NLP teacher cache ({n} sentences)',
-                           _full_n(profile, 'n_train'))
-    return dict(out, hidden=hidden)
+    return (*_tokenised(pp['teacher'], profile, source, pp['n_teacher_train'], pp['n_val'], pp['max_len']), source)
 
 # %% ../../nbs/40_distill.ipynb #c044
-VISION_SHARED = ('layers', 'precision', 'w_kd', 'w_ce', 'w_hid', 'temperature')
-
-def vision_params(params:dict) -> dict:
-    "The vision half's parameters of an arm: its `vision_*` keys without the prefix, with the arm's scheme, precision and loss weights."
-    v = {k[len('vision_'):]: x for k, x in params.items() if k.startswith('vision_')}
-    return dict({k: params[k] for k in VISION_SHARED}, **v)
-
 def _source_of(name:str, split:str) -> str:
     return [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
 
-_images: dict = {}
-
-def vision_sizes(vp:dict, profile:str) -> dict:
+def vision_sizes(vp:dict, # the vision part's params
+                 profile:str) -> dict:
     "`n_teacher_train` and `n_test` of `vp`, each scaled to what the resolved source holds where it is smaller (`data.scale_to_available`)."
-    from lwstudy.data import scale_to_available
     out = dict(n_teacher_train=vp['n_teacher_train'], n_test=vp['n_test'])
     for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')):
         if out[k] is not None: out.update(scale_to_available('cifar10', split, profile, {k: out[k]}))
     return out
 
-def cifar_images(vp:dict, profile:str) -> tuple[Images, Images, str]:
+@functools.cache
+def _images(profile:str, source:str, n_train:int, n_test:int|None, size:int) -> tuple[Images, Images]:
+    "Decoded, and average-pooled to `size` pixels where the profile asks for smaller images, once per process and source."
+    shrink = lambda t: t if size == t.shape[-1] else F.adaptive_avg_pool2d(t, size).contiguous()
+    return tuple(Images(shrink(x), y) for x, y in (image_tensors('cifar10', 'train', profile, n_train, seed=0),
+                                                   image_tensors('cifar10', 'test', profile, n_test, seed=0)))
+
+def cifar_images(vp:dict, # the vision part's params
+                 profile:str) -> tuple[Images, Images, str]:
     "The CIFAR-10 (teacher's) training slice and test slice as `Images` of `vp['image_size']` pixels, and their source."
     sz = vision_sizes(vp, profile)
-    x, y = image_tensors('cifar10', 'train', profile, sz['n_teacher_train'], seed=0)
-    xt, yt = image_tensors('cifar10', 'test', profile, sz['n_test'], seed=0)
+    for split, n in (('train', sz['n_teacher_train']), ('test', sz['n_test'])): image_tensors('cifar10', split, profile, n, seed=0)
     source = f"train: {_source_of('cifar10', 'train')}; test: {_source_of('cifar10', 'test')}"
-    key = (sz['n_teacher_train'], sz['n_test'], vp['image_size'], source)
-    if key not in _images:  # average-pooled once per process where the profile asks for smaller images
-        shrink = lambda t: t if vp['image_size'] == t.shape[-1] else F.adaptive_avg_pool2d(t, vp['image_size']).contiguous()
-        _images[key] = (Images(shrink(x), y), Images(shrink(xt), yt))
-    return (*_images[key], source)
+    return (*_images(profile, source, sz['n_teacher_train'], sz['n_test'], vp['image_size']), source)
 
-def vision_teacher_key(vp:dict, source:str) -> dict:
-    "What the cached vision teacher depends on."
-    return dict(model='resnet50', width=vp['width'], size=vp['image_size'], n=vp['n_teacher_train'], steps=vp['teacher_steps'], lr=vp['teacher_lr'],
-                wd=vp['wd'], batch=vp['batch_size'], augment=f"flip+crop{vp['image_size'] // 8}", source=source, torch=torch.__version__)
+# %% ../../nbs/40_distill.ipynb #c044a
+_PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
 
-def get_vision_teacher(vp:dict, profile:str, device:str|None=None) -> tuple[ResNet, dict]:
-    "The vision teacher, a ResNet-50 of width `vp['width']` (trained now and cached, or read from the cache), and its record."
+def _part_data(pp:dict, # a part's params (`runner.part_params`)
+              part:str, profile:str) -> tuple:
+    "(training data, evaluation data, source) of `part`: `Tokens` of SST-2 or `Images` of CIFAR-10."
+    return sst2_tokens(pp, profile) if part == 'nlp' else cifar_images(pp, profile)
+
+def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights: where the teacher's initial weights came from
+    "What the cached teacher of `part` depends on."
+    if part == 'nlp': return dict(model=pp['teacher'], weights=weights, n=pp['n_teacher_train'], steps=pp['teacher_steps'], lr=pp['teacher_lr'],
+                                  batch=pp['batch_size'], max_len=pp['max_len'], source=source, torch=torch.__version__)
+    return dict(model='resnet50', width=pp['width'], size=pp['image_size'], n=pp['n_teacher_train'], steps=pp['teacher_steps'], lr=pp['teacher_lr'],
+                wd=pp['wd'], batch=pp['batch_size'], augment=f"flip+crop{pp['image_size'] // 8}", source=source, torch=torch.__version__)
+
+def get_teacher(pp:dict, # the part's params (`runner.part_params`)
+                part:str, # 'nlp' or 'vision'
+                profile:str, device:str|None=None) -> tuple[nn.Module, dict]:
+    "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`core.disk_cached`), and its record."
     device = device or current_device()
-    train_im, test_im, source = cifar_images(vp, profile)
-    model, rec = cached_teacher('vision_teacher', vision_teacher_key(vp, source), lambda: resnet50(10, vp['width']),
-                                lambda m: dict(train_teacher(m, train_im, test_im, vp, device, augment=flip_crop(0, vp['image_size'] // 8)),
-                                               source=source), device)
-    return model, dict(rec, weights='trained from scratch')
+    tr, ev, source = _part_data(pp, part, profile)
+    torch.manual_seed(0)  # random weights (dryrun) are the same in every cell
+    if part == 'nlp': enc, weights = from_config_or_pretrained(pp['teacher'], profile)
+    else: weights = 'trained from scratch'
+    key, tag = _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher'
+    torch.manual_seed(0)
+    model = TextClassifier(enc) if part == 'nlp' else resnet50(10, pp['width'])
+    def fit_teacher():
+        rec = train_teacher(model, tr, ev, pp, device, augment=None if part == 'nlp' else flip_crop(0, pp['image_size'] // 8))
+        return dict(state={k: v.cpu() for k, v in model.state_dict().items()},
+                    record=dict(rec, source=source, params=count_params(model), path=str(cache_path('distill', key, tag)), device=device))
+    blob = disk_cached('distill', key, fit_teacher, tag)
+    model.load_state_dict(blob['state'])
+    return model.to(device).eval(), dict(blob['record'], weights=weights)
 
-def n_student_images(vp:dict, train_im:Images) -> int:
-    "The student's training images: `n_train`, or all the slice holds (the digits stand-in has 1,437)."
-    return min(vp['n_train'], len(train_im))
-
-def vision_teacher_outputs(teacher:ResNet, vp:dict, profile:str, record:dict, device:str|None=None, layers=()) -> dict:
-    "Vision teacher outputs, cached: logits on the student's slice and the test slice, and the fp16 maps of stages `layers` only."
+def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str,
+                    record:dict, # the teacher's record (`get_teacher`)
+                    device:str|None=None,
+                    layers=(), # the teacher layers (stages) whose states to hold: only these are cached
+                   ) -> dict:
+    "Teacher outputs, cached: logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
     device = device or current_device()
-    train_im, test_im, source = cifar_images(vp, profile)
-    n = n_student_images(vp, train_im)
-    key = dict(vision_teacher_key(vp, source), n_train=n)
-    out = cached_outputs('vision_teacher_out', key, lambda: dict(teacher_logits(teacher, train_im, n, test_im, device), teacher_train_s=record['train_s']))
-    hidden = cached_hidden(teacher, train_im, n, layers, device, 'vision_teacher_hidden', key,
-                           f'{profile}: vision teacher cache ({n} images)', _full_n(profile, 'vision_n_train'))
-    return dict(out, hidden=hidden)
+    tr, ev, source = _part_data(pp, part, profile)
+    n = min(pp['n_train'], len(tr))
+    key = dict(_teacher_key(pp, part, source, record['weights']), n_train=n)
+    def compute():
+        out = dict(_teacher_logits(teacher, tr, n, ev, device), teacher_train_s=record['train_s'])
+        if part == 'nlp': out['offsets'] = torch.cat([torch.zeros(1, dtype=torch.long), tr.lengths[:n].cumsum(0)])
+        return out
+    out = disk_cached('distill', key, compute, _PREFIX[part] + 'teacher_out')
+    what = f"{profile}: {'NLP' if part == 'nlp' else 'vision'} teacher cache ({n} {'sentences' if part == 'nlp' else 'images'})"
+    full_n = task_params('full')[part]['n_train'] if profile == 'dryrun' else None
+    return dict(out, hidden=cached_hidden(teacher, tr, n, layers, device, _PREFIX[part] + 'teacher_hidden', key, what, full_n))
 
 # %% ../../nbs/40_distill.ipynb #c046
-def build_student(params:dict, teacher:TextClassifier, profile:str='quick') -> TextClassifier:
-    "The NLP student: `params['student_layers']` of the pretrained encoder, or all of it (same init in every arm of a seed)."
-    base, weights = from_config_or_pretrained(params['student_base'], profile)
-    enc = student_from_layers(base, params['student_layers']) if params['student_layers'] else base
-    student = TextClassifier(enc, n_classes=teacher.head.out_features)
+def _build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> nn.Module:
+    "The student of `part`, the same initialisation in every arm of a seed: NLP `pp['student_layers']` of the pretrained encoder (or all of it), vision a ResNet-18."
+    if part == 'vision': return resnet18(10, pp['width'])
+    base, weights = from_config_or_pretrained(pp['student_base'], profile)
+    student = TextClassifier(student_from_layers(base, pp['student_layers']) if pp['student_layers'] else base, n_classes=teacher.head.out_features)
     student.weights = weights
     return student
 
-def student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tuple[int, int]]:
+def _student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tuple[int, int]]:
     "The (student, teacher) hidden-state pairs of `params['layers']` for these two models."
     return layer_map(params['layers'], len(hidden_paths(teacher)), len(hidden_paths(student)))
 
-def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, data, cached:dict|None, pairs, params:dict):
+def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per pair, keyed 's_t'
+                    data, cached:dict|None, # the teacher's cached outputs (None: the student alone)
+                    pairs, params:dict, # temperature, w_ce, w_kd, w_hid
+                    augment=None): # applied to the inputs of every batch (the teacher's flips and crops)
     "A `lwstudy.train.train` loss function: batches are index tensors; teacher outputs come from `cached`."
     s_paths = hidden_paths(student)
     paths = sorted({s_paths[s] for s, _ in pairs})
@@ -537,6 +503,7 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, data, cached:dict|Non
         args, y, mask = data.inputs(idx)
         dev = next(model.parameters()).device
         args, y, mask = to_device(args, dev), y.to(dev), None if mask is None else mask.to(dev)
+        if augment is not None: args = augment(*args)
         with HiddenCapture(model, paths) as cap: logits = model(*args)
         t_logits, hp = None, []
         if cached is not None:
@@ -551,10 +518,11 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, data, cached:dict|Non
     loss_fn.parts = []
     return loss_fn
 
-def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, data, params:dict, seed:int, device:str|None=None):
+def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # None: trained alone
+                    data, params:dict, seed:int, device:str|None=None):
     "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state and the loss parts."
     device = device or current_device()
-    pairs = student_pairs(params, student, teacher) if cached is not None else []
+    pairs = _student_pairs(params, student, teacher) if cached is not None else []
     ds, dt = hidden_dims(student), hidden_dims(teacher)
     proj = nn.ModuleDict({f'{s}_{t}': make_projection(student, ds[s], dt[t]) for s, t in pairs})
     student.proj = proj  # registered, so its parameters train and move with the student
@@ -569,35 +537,32 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, data
 
 # %% ../../nbs/40_distill.ipynb #c048
 @torch.no_grad()
-def inference_ms(models:dict, data, n_batches:int=3, batch_size:int=32, repeats:int=3, device:str|None=None) -> dict:
-    "Median ms per batch of each model over the same `n_batches` random batches of `data`: one warm-up round, then `repeats` rounds alternating models, each run timed by `measure.time_it`."
+def inference_ms(models:dict, # name -> model, timed interleaved
+                 data, # `Tokens` or `Images`: batches drawn at random (fixed seed)
+                 n_batches:int=3, batch_size:int=32, repeats:int=3, device:str|None=None) -> dict:
+    "Median ms per batch of each model over the same `n_batches` random batches of `data`, the models interleaved (`measure.time_it`)."
     device = device or current_device()
     g = torch.Generator().manual_seed(0)
     batches = [to_device(data.inputs(torch.randperm(len(data), generator=g)[:batch_size].tolist())[0], device) for _ in range(n_batches)]
     for m in models.values(): m.to(device).eval()
-    runs = {name: (lambda m=m: [m(*args) for args in batches]) for name, m in models.items()}
-    for fn in runs.values(): fn()  # the warm-up round
-    times = {k: [] for k in models}
-    for _ in range(repeats):
-        for name, fn in runs.items(): times[name].append(time_it(fn, warmup=0, repeats=1, device=device)['median_s'] * 1000 / len(batches))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    t = time_it({name: (lambda m=m: [m(*args) for args in batches]) for name, m in models.items()}, warmup=1, repeats=repeats, device=device)
+    return {k: v['median_s'] * 1000 / len(batches) for k, v in t.items()}
 
 def energy_counter(device:str) -> tuple:
     "(a function reading a cumulative energy counter in joules, or None; what it reads, or why there is none) for `device`."
     if device == 'cuda':
-        try: import pynvml
-        except ImportError: return None, 'not measured: nvidia-ml-py (pynvml) is not installed'
         try:
-            pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() or 0)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-        except pynvml.NVMLError as e: return None, f'not measured: NVML reports no energy counter on this GPU ({e})'
+            import pynvml
+            pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() or 0); pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        except ImportError: return None, 'not measured: nvidia-ml-py (pynvml) is not installed'
+        except Exception as e: return None, f'not measured: NVML reports no energy counter on this GPU ({e})'
         return (lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000), f'NVML total energy of the GPU ({torch.cuda.get_device_name()})'
     domains = [d/'energy_uj' for d in sorted(Path('/sys/class/powercap').glob('intel-rapl:*')) if d.name.count(':') == 1]
     readable = [f for f in domains if os.access(f, os.R_OK)]
     if not readable: return None, 'not measurable here: this host exposes no readable RAPL energy counter (/sys/class/powercap)'
     return (lambda: sum(int(f.read_text()) for f in readable) / 1e6), f'RAPL package energy, {len(readable)} package(s) (whole CPU, not this process alone)'
 
-def measure_energy(fn, device:str) -> tuple:
+def _measure_energy(fn, device:str) -> tuple:
     "(`fn()`, joules the counter of `device` advanced meanwhile or None, what was read or why not)."
     read, what = energy_counter(device)
     if read is None: return fn(), None, what
@@ -605,102 +570,118 @@ def measure_energy(fn, device:str) -> tuple:
     return out, (e1 - e0 if e1 >= e0 else None), what  # a counter that wrapped gives no number
 
 # %% ../../nbs/40_distill.ipynb #c050
-def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, cached:dict, train_data, eval_data, params:dict,
+def is_distilled(params:dict) -> bool:
+    "Whether an arm learns from the teacher (soft logits or hidden states)."
+    return params['w_kd'] > 0 or params['layers'] != 'none'
+
+def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the teacher and its record
+                      cached:dict, # the teacher's cached outputs (`teacher_outputs`)
+                      train_data, eval_data, params:dict, # a part's params
                       seed:int, device:str) -> dict:
     "Train `student` under the arm `params` (distilled or alone) and measure it beside `teacher`."
     distilled = is_distilled(params)
     use = cached if distilled else None
     params = dict(params, precision=resolve_precision(params['precision'], device))  # 'mixed': from the run's device, never at import
-    require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
+    _require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
     mem_probe = copy.deepcopy(student)
-    (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
+    (state, parts), energy_j, energy = _measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
     peak_mb = peak_memory_mb(lambda: distill_student(mem_probe, teacher, use, train_data, dict(params, steps=1), seed, device), device)
     del student.proj  # inference uses the classifier only
-    s_scores = evaluate_model(student, eval_data, device)
-    t_scores = classification_scores(cached['val_logits'], eval_data.labels)
+    s_scores, t_scores = _scores(student, eval_data, device), classification_scores(cached['val_logits'], eval_data.labels)
     ms = inference_ms(dict(teacher=teacher, student=student), eval_data, params['speed_batches'], params['batch_size'],
                       params['speed_repeats'], device)
     teacher_cost_s = (trec['train_s'] + cached['forward_s']) if distilled else 0.0
-    pairs = student_pairs(params, student, teacher) if distilled else []
+    pairs = _student_pairs(params, student, teacher) if distilled else []
     cache_mb = (cached['logits'].numel() * 4 + sum(cached['hidden'][t].numel() * 2 for t in {t for _, t in pairs})) / 1e6 if distilled else 0.0
     counts = torch.bincount(eval_data.labels)
     out = dict(accuracy=s_scores['accuracy'], f1=s_scores['f1'], val_loss=s_scores['loss'],
-                teacher_accuracy=t_scores['accuracy'], teacher_f1=t_scores['f1'],
-                accuracy_retention=s_scores['accuracy'] / t_scores['accuracy'],
-                train_time_s=state.train_s, train_time_with_teacher_s=state.train_s + teacher_cost_s, teacher_cost_s=teacher_cost_s,
-                teacher_train_s=trec['train_s'], teacher_forward_s=cached['forward_s'],
-                infer_ms_per_batch=ms['student'], teacher_infer_ms_per_batch=ms['teacher'],
-                speedup_vs_teacher=ms['teacher'] / ms['student'], train_peak_mb=peak_mb, teacher_cache_mb=cache_mb,
-                student_params=count_params(student), teacher_params=count_params(teacher),
-                n_hidden_pairs=len(pairs), final_loss=state.loss, final_ce=parts[-1]['ce'],
-                hidden_pairs=str(pairs), teacher_record=f"teacher: {trec['steps']} steps, {trec['train_s']:.1f} s, "
-                f"val accuracy {trec['val_accuracy']:.4f}; weights: {trec['weights']}; cache {trec['path']}",
-                loss_curve=[h[2] for h in state.history], precision_used=params['precision'], energy_counter=energy,
-                chance_accuracy=int(counts.max()) / int(counts.sum()))
+               teacher_accuracy=t_scores['accuracy'], teacher_f1=t_scores['f1'],
+               accuracy_retention=s_scores['accuracy'] / t_scores['accuracy'],
+               train_time_s=state.train_s, train_time_with_teacher_s=state.train_s + teacher_cost_s, teacher_cost_s=teacher_cost_s,
+               teacher_train_s=trec['train_s'], teacher_forward_s=cached['forward_s'],
+               infer_ms_per_batch=ms['student'], teacher_infer_ms_per_batch=ms['teacher'],
+               speedup_vs_teacher=ms['teacher'] / ms['student'], train_peak_mb=peak_mb, teacher_cache_mb=cache_mb,
+               student_params=count_params(student), teacher_params=count_params(teacher),
+               n_hidden_pairs=len(pairs), final_loss=state.loss, final_ce=parts[-1]['ce'],
+               hidden_pairs=str(pairs), teacher_record=f"teacher: {trec['steps']} steps, {trec['train_s']:.1f} s, "
+               f"val accuracy {trec['val_accuracy']:.4f}; weights: {trec['weights']}; cache {trec['path']}",
+               loss_curve=[h[2] for h in state.history], precision_used=params['precision'], energy_counter=energy,
+               chance_accuracy=int(counts.max()) / int(counts.sum()))
     if energy_j is not None: out['train_energy_j'] = energy_j
     return out
 
 # %% ../../nbs/40_distill.ipynb #c052
+NLP_FULL = dict(  # the plan's NLP half: BERT-large -> BERT-base on all of SST-2
+    teacher='bert-large',           # teacher encoder (a `models.HUB_MODELS` name)
+    student_base='bert-base',       # the student's own pretrained encoder
+    student_layers=None,            # None: the whole student encoder; a tuple: only these of its layers (DistilBERT-style)
+    n_teacher_train=67349,          # sentences the teacher is fine-tuned on (all of the training split)
+    teacher_steps=6000,             # teacher batches (paid once, cached)
+    teacher_lr=2e-5,                # teacher AdamW peak lr, linear decay
+    n_train=67349,                  # the student's sentences: the first n_train of the teacher's
+    steps=6000,                     # student batches, in every arm
+    n_val=None,                     # validation sentences (None: all 872)
+    batch_size=32,                  # sentences per batch, training and inference timing
+    max_len=64,                     # tokens per sentence at most (SST-2: 63 at most)
+    lr=5e-5,                        # student AdamW peak lr, linear decay
+    speed_batches=10,               # inference timing: batches per round
+    speed_repeats=5,                # inference timing: timed rounds (teacher and student alternated)
+    freeze_word_embeddings=False)   # True: the word-embedding matrix takes no gradient or optimiser state
+VISION_FULL = dict(  # the plan's vision half: ResNet-50 -> ResNet-18 on CIFAR-10
+    width=64,                       # ResNet base width (channels of the first stage; 64 = the standard ResNet)
+    image_size=32,                  # pixels a side (16: images average-pooled 2x2 for the CPU budget)
+    n_teacher_train=50000,          # images the teacher trains on (all of the training split)
+    teacher_steps=19550,            # teacher batches (50 epochs)
+    teacher_lr=1e-3,                # teacher AdamW peak lr, linear decay
+    n_train=50000,                  # the student's images: the first n_train of the teacher's
+    steps=19550,                    # student batches, in every arm
+    n_test=None,                    # test images (None: all 10,000)
+    batch_size=128,                 # images per batch, training and inference timing
+    lr=1e-3,                        # student AdamW peak lr, linear decay
+    wd=5e-4,                        # AdamW weight decay (teacher and student)
+    speed_batches=10, speed_repeats=5)  # inference timing, as NLP
+_SMOKE_NLP = dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=96, teacher_steps=4, teacher_lr=1e-4,
+                 n_train=48, steps=3, n_val=48, batch_size=16, max_len=24, lr=2e-4, speed_batches=1, speed_repeats=1, freeze_word_embeddings=True)
+
 def task_params(profile:str) -> dict:
-    "Sizes for a profile: the NLP half's, and the vision half's under `vision_*` keys."
-    full_text = dict(teacher='bert-large', student_base='bert-base', student_layers=None, n_teacher_train=67349,
-                     teacher_steps=6000, teacher_lr=2e-5, n_train=67349, steps=6000, n_val=None, batch_size=32, max_len=64, lr=5e-5,
-                     speed_batches=10, speed_repeats=5, freeze_word_embeddings=False)
-    text = by_profile(profile,
-        smoke=dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=96, teacher_steps=4,
-                   teacher_lr=1e-4, n_train=48, steps=3, n_val=48, batch_size=16, max_len=24, lr=2e-4,
-                   speed_batches=1, speed_repeats=1, freeze_word_embeddings=True),
-        quick=dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=4800, teacher_steps=150,
-                   teacher_lr=1e-4, n_train=1280, steps=40, n_val=None, batch_size=32, max_len=64, lr=2e-4,
-                   speed_batches=3, speed_repeats=3, freeze_word_embeddings=True),
-        full=full_text,
+    "Sizes for a profile, one dict per part: {'nlp': {...}, 'vision': {...}} (an arm keeps them under `params['parts']`)."
+    nlp = by_profile(profile, smoke=_SMOKE_NLP, full=NLP_FULL,
+        quick=dict(_SMOKE_NLP, n_teacher_train=4800, teacher_steps=150, n_train=1280, steps=40, n_val=None, batch_size=32, max_len=64,
+                   speed_batches=3, speed_repeats=3),
         # dryrun: full's models, shapes and precision; two batches of data, 2 steps, one timing round
-        dryrun=dict(full_text, n_teacher_train=64, teacher_steps=2, n_train=64, steps=2, n_val=64, speed_batches=1, speed_repeats=1))
-    full_vision = dict(width=64, image_size=32, n_teacher_train=50000, teacher_steps=19550, teacher_lr=1e-3, n_train=50000, steps=19550,
-                       n_test=None, batch_size=128, lr=1e-3, wd=5e-4, speed_batches=10, speed_repeats=5)
-    vision = by_profile(profile,
-        smoke=dict(width=4, image_size=16, n_teacher_train=128, teacher_steps=3, teacher_lr=2e-3, n_train=64, steps=3, n_test=64,
-                   batch_size=16, lr=2e-3, wd=5e-4, speed_batches=1, speed_repeats=1),
-        quick=dict(width=8, image_size=16, n_teacher_train=10000, teacher_steps=1200, teacher_lr=5e-3, n_train=2048, steps=128,
-                   n_test=1000, batch_size=128, lr=1e-2, wd=5e-4, speed_batches=2, speed_repeats=3),
-        full=full_vision,
-        dryrun=dict(full_vision, n_teacher_train=256, teacher_steps=2, n_train=256, steps=2, n_test=256, speed_batches=1, speed_repeats=1))
-    return dict(text, **{f'vision_{k}': v for k, v in vision.items()})
+        dryrun=dict(NLP_FULL, n_teacher_train=64, teacher_steps=2, n_train=64, steps=2, n_val=64, speed_batches=1, speed_repeats=1))
+    vision = by_profile(profile, full=VISION_FULL,
+        smoke=dict(VISION_FULL, width=4, image_size=16, n_teacher_train=128, teacher_steps=3, teacher_lr=2e-3, n_train=64, steps=3, n_test=64,
+                   batch_size=16, lr=2e-3, speed_batches=1, speed_repeats=1),
+        quick=dict(VISION_FULL, width=8, image_size=16, n_teacher_train=10000, teacher_steps=1200, teacher_lr=5e-3, n_train=2048, steps=128,
+                   n_test=1000, lr=1e-2, speed_batches=2, speed_repeats=3),
+        dryrun=dict(VISION_FULL, n_teacher_train=256, teacher_steps=2, n_train=256, steps=2, n_test=256, speed_batches=1, speed_repeats=1))
+    return dict(nlp=dict(nlp), vision=dict(vision))
 
-def is_distilled(params:dict) -> bool:
-    "Whether an arm learns from the teacher (soft logits or hidden states)."
-    return params['w_kd'] > 0 or params['layers'] != 'none'
+def fit_part(params:dict, # the arm's params: shared keys and `parts`
+             part:str, # 'nlp' or 'vision'
+             seed:int, profile:str, device:str) -> dict:
+    "One part of a cell: its student (3 MiniLM layers or a ResNet-18), alone or distilled from the cached teacher; metrics unprefixed."
+    pp = part_params(params, part)
+    tr, ev, source = _part_data(pp, part, profile)
+    teacher, trec = get_teacher(pp, part, profile, device)
+    torch.manual_seed(seed)  # the student's head and dropout (NLP) or initialisation (vision): the same in every arm of this seed
+    student = _build_student(pp, part, teacher, profile)
+    pp = dict(pp, n_train=min(pp['n_train'], len(tr)))  # the digits stand-in holds 1,437 training images
+    layers = sorted({t for _, t in _student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
+    cached = teacher_outputs(teacher, pp, part, profile, trec, device, layers)
+    out = dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source)
+    return dict(out, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
+                        dict(n_train_images=pp['n_train'], n_test_images=len(ev))))
 
-def arm_layers(params:dict, student:nn.Module, teacher:nn.Module) -> list[int]:
-    "The teacher layers (or stages) whose states this arm reads: the only ones cached for it."
-    return sorted({t for _, t in student_pairs(params, student, teacher)}) if is_distilled(params) else []
-
-def fit_text(params:dict, seed:int, profile:str, device:str) -> dict:
-    "The NLP half of a cell: the student (3 MiniLM layers; BERT-base in full), alone or distilled from the fine-tuned teacher."
-    train_tk, val_tk, source = sst2_tokens(params, profile)
-    teacher, trec = get_teacher(params, profile, device)
-    torch.manual_seed(seed)  # the student's head and dropout: the same in every arm of this seed
-    student = build_student(params, teacher, profile)
-    cached = teacher_outputs(teacher, params, profile, trec, device, arm_layers(params, student, teacher))
-    return dict(train_and_measure(student, teacher, trec, cached, train_tk, val_tk, params, seed, device), data=source,
-                student_weights=student.weights, teacher_weights=trec['weights'])
-
-def fit_vision(params:dict, seed:int, profile:str, device:str) -> dict:
-    "The vision half of a cell: a ResNet-18 from scratch, alone or distilled from the cached ResNet-50 (`vision_params` of an arm)."
-    train_im, test_im, source = cifar_images(params, profile)
-    teacher, trec = get_vision_teacher(params, profile, device)
-    torch.manual_seed(seed)  # the student's initialisation: the same in every arm of this seed
-    student = resnet18(10, params['width'])
-    p = dict(params, n_train=n_student_images(params, train_im))
-    cached = vision_teacher_outputs(teacher, params, profile, trec, device, arm_layers(params, student, teacher))
-    return dict(train_and_measure(student, teacher, trec, cached, train_im, test_im, p, seed, device), data=source,
-                n_train_images=p['n_train'], n_test_images=len(test_im))
-
-def fit(params:dict, seed:int, profile:str) -> dict:
-    "Train one NLP and one vision student (alone or distilled, fp32 or mixed precision) and measure each beside its teacher."
+def fit(params:dict, # an arm: layers, precision, w_kd, w_ce, w_hid, temperature, and parts {'nlp': sizes, 'vision': sizes}
+        seed:int, # the cell's seed: student initialisation and data order
+        profile:str, # sizes and models; 'dryrun' prints what `full` would need
+       ) -> dict:
+    "Train one NLP and one vision student (alone or distilled, fp32 or mixed precision) and measure each beside its teacher; vision metrics `vision_`-prefixed."
     device = current_device()
-    out = fit_text(params, seed, profile, device)
-    out.update({f'vision_{k}': v for k, v in fit_vision(vision_params(params), seed, profile, device).items()})
+    out = fit_part(params, 'nlp', seed, profile, device)
+    out.update({f'vision_{k}': v for k, v in fit_part(params, 'vision', seed, profile, device).items()})
     return out
 
 # %% ../../nbs/40_distill.ipynb #c054
@@ -711,14 +692,14 @@ CHANCE_MARGIN = 0.05  # a model "learned" when its accuracy beats the majority-c
 
 def arms(profile:str) -> dict:
     "The six arms: student alone / distilled with a layer scheme, each in fp32 or mixed precision (resolved in `fit` from the run's device)."
-    base = dict(task_params(profile), temperature=2.0, w_ce=1.0, w_hid=1.0)
-    def arm(layers, precision, w_kd): return dict(base, layers=layers, precision=precision, w_kd=w_kd)
+    def arm(layers, precision, w_kd):
+        return dict(layers=layers, precision=precision, w_kd=w_kd, w_ce=1.0, w_hid=1.0, temperature=2.0, parts=task_params(profile))
     return {'alone_fp32': arm('none', 'fp32', 0.0), 'all_fp32': arm('all', 'fp32', 1.0), 'last3_fp32': arm('last3', 'fp32', 1.0),
             'every_other_fp32': arm('every_other', 'fp32', 1.0), 'alone_mixed': arm('none', 'mixed', 0.0),
             'last3_mixed': arm('last3', 'mixed', 1.0)}
 
 def _metrics(prefix:str, what:str, eval_set:str, batch:str) -> list:
-    "The metrics of one half, named with `prefix`."
+    "The metrics of one part, named with `prefix`."
     M = lambda name, *a, **k: Metric(prefix + name, *a, **k)
     return [
         M('accuracy', True, doc=f'{what} student accuracy on {eval_set}'),
@@ -735,14 +716,14 @@ def _metrics(prefix:str, what:str, eval_set:str, batch:str) -> list:
         M('student_params', False, doc='student parameters', exact=True),
     ]
 
-METRICS = (_metrics('', 'NLP', 'the SST-2 validation set (872 sentences in quick)', 'batch of 32 validation sentences') +
+METRICS = (_metrics('', 'NLP', 'the SST-2 validation set', 'batch of validation sentences (the training batch size)') +
            _metrics('vision_', 'vision', 'the CIFAR-10 test slice', 'batch of test images (the training batch size)'))
 
 def _mean(table, metric, arm):
     v = table[(table.metric == metric) & (table.arm == arm)].value
     return float(v.mean()) if len(v) else float('nan')
 
-def gate_learned(prefix:str, # the half's metric prefix ('' or 'vision_')
+def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
                  arm:str, # the arm whose cells are read
                  metric:str='accuracy', # 'accuracy' (the student) or 'teacher_accuracy'
                 ) -> Gate:
@@ -755,18 +736,19 @@ def gate_learned(prefix:str, # the half's metric prefix ('' or 'vision_')
         return bool(v > need), f'{who} accuracy {v:.3f} (needs > {need:.3f}: majority class {chance:.3f} + {CHANCE_MARGIN})'
     return Gate(f'the {who} beats the majority-class rate by {CHANCE_MARGIN}', check)
 
-def gate_reduced(prefix:str, arm:str) -> Gate:
+def gate_reduced(prefix:str, # the part's metric prefix ('' or 'vision_')
+                 arm:str, # a mixed arm
+                ) -> Gate:
     "Every cell of the mixed arm `arm` ran in reduced precision (bf16 or fp16), not fp32 (where 'mixed' resolves to fp32)."
     return gate_info(prefix + 'precision_used', arm, lambda v: v in ('bf16', 'fp16'),
                      f"{arm} ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
 
 def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> list:
-    "The claims of one half, on metrics named with `prefix`, ids prefixed with `tag`; ids in `primary` are the primary family."
+    "The claims of one part, on metrics named with `prefix`, ids prefixed with `tag`; ids in `primary` are the primary family."
     def C(cid, text, metric, *a, **k):
         return Claim(tag + cid, f'{what}: {text}', prefix + metric, *a, family='primary' if cid in primary else 'exploratory', **k)
     learned = lambda arm, metric='accuracy': gate_learned(prefix, arm, metric)
-    teacher = learned('last3_fp32', 'teacher_accuracy')
-    pts = f'{NONINFERIORITY * 100:g} point'
+    teacher, mixed, pts = learned('last3_fp32', 'teacher_accuracy'), gate_reduced(prefix, 'last3_mixed'), f'{NONINFERIORITY * 100:g} point'
     return [
         C('speed', f'the student is at least {SPEEDUP_GOAL}x faster at inference than its teacher (DistilBERT: 1.6x); holds by '
           "construction: the student's architecture is the same in every arm, so this measures the architecture pair, not distillation",
@@ -776,140 +758,95 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
         C('distill-beats-alone', 'the distilled student (last 3 layers, fp32) is more accurate than the student trained alone',
           'accuracy', 'last3_fp32', 0.0, '>', 'diff', source='study plan', gate=gate_all(teacher, learned('alone_fp32'))),
         C('distill-beats-alone-mixed', 'in mixed precision too, the distilled student beats the student alone',
-          'accuracy', 'last3_mixed', 0.0, '>', 'diff', vs='alone_mixed', source='study plan',
-          gate=gate_all(teacher, learned('alone_mixed'), gate_reduced(prefix, 'last3_mixed'))),
+          'accuracy', 'last3_mixed', 0.0, '>', 'diff', vs='alone_mixed', source='study plan', gate=gate_all(teacher, learned('alone_mixed'), mixed)),
         C('mixed-faster', 'mixed precision cuts the training time of the distilled student',
-          'train_time_s', 'last3_mixed', 1.0, '<', 'ratio', vs='last3_fp32', source='study plan', gate=gate_reduced(prefix, 'last3_mixed')),
+          'train_time_s', 'last3_mixed', 1.0, '<', 'ratio', vs='last3_fp32', source='study plan', gate=mixed),
         C('mixed-keeps-accuracy', f"mixed precision keeps the distilled student's accuracy (non-inferiority: within {pts} of fp32)",
-          'accuracy', 'last3_mixed', -NONINFERIORITY, '>', 'diff', vs='last3_fp32', source='study plan',
-          gate=gate_all(learned('last3_fp32'), gate_reduced(prefix, 'last3_mixed'))),
-        C('last3-vs-all', f'distilling only the last 3 teacher layers is as accurate as distilling all {all_layers} (non-inferiority: within {pts})',
-          'accuracy', 'last3_fp32', -NONINFERIORITY, '>', 'diff', vs='all_fp32', source='study plan', gate=gate_all(teacher, learned('all_fp32'))),
-        C('every-other-vs-all', f'distilling every other teacher layer is as accurate as distilling all {all_layers} (non-inferiority: within {pts})',
-          'accuracy', 'every_other_fp32', -NONINFERIORITY, '>', 'diff', vs='all_fp32', source='study plan', gate=gate_all(teacher, learned('all_fp32'))),
+          'accuracy', 'last3_mixed', -NONINFERIORITY, '>', 'diff', vs='last3_fp32', source='study plan', gate=gate_all(learned('last3_fp32'), mixed)),
+        *[C(f'{arm[:-5].replace("_", "-")}-vs-all', f'distilling {name} is as accurate as distilling all {all_layers} (non-inferiority: within {pts})',
+            'accuracy', arm, -NONINFERIORITY, '>', 'diff', vs='all_fp32', source='study plan', gate=gate_all(teacher, learned('all_fp32')))
+          for arm, name in (('last3_fp32', 'only the last 3 teacher layers'), ('every_other_fp32', 'every other teacher layer'))],
         C('selective-cache', 'selective distillation reads less cached teacher data than all layers; holds by construction '
-          '(3 cached layers or stages against all of them)',
-          'teacher_cache_mb', 'last3_fp32', 0.0, '<', 'diff', vs='all_fp32', source='study plan'),
+          '(3 cached layers or stages against all of them)', 'teacher_cache_mb', 'last3_fp32', 0.0, '<', 'diff', vs='all_fp32', source='study plan'),
     ]
 
-PRIMARY = (('', ('distill-beats-alone', 'mixed-faster')), ('vision_', ('distill-beats-alone',)))
+_PRIMARY = (('', ('distill-beats-alone', 'mixed-faster')), ('vision_', ('distill-beats-alone',)))
 
 def claims() -> list:
-    "Both halves' claims; primary: distillation beats the student alone (each half), mixed precision cuts training time (NLP)."
-    p = dict(PRIMARY)
+    "Both parts' claims; primary: distillation beats the student alone (each part), mixed precision cuts training time (NLP)."
+    p = dict(_PRIMARY)
     return _claims('', '', 'NLP', 'teacher layers', p['']) + _claims('vision_', 'vision-', 'Vision', '4 teacher stages', p['vision_'])
 
 # %% ../../nbs/40_distill.ipynb #c056
-HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
+_HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
 
 def _goal(cid:str) -> float:
     "The threshold of claim `cid` (the goals table restates the claims, never a typed number)."
     return next(c.threshold for c in claims() if c.id == cid)
 
-def _goals_rows(table, prefix:str) -> str:
-    from lwstudy.report import esc, fmt
-    rows, rg, sg = [], _goal('retention'), _goal('speed')
+def _goals(records:list, table, p:str) -> str:
+    "Per arm: accuracies, and by how much retention and speed-up meet or miss the goals (means over seeds)."
+    rg, sg, rows = _goal('retention'), _goal('speed'), []
+    meets = lambda v, g, unit='': f"{fmt(v, 3)}{unit} ({'meets' if v >= g else 'misses by'} {fmt(abs(v - g), 2)}{unit})"
     for arm in table.arm.unique():
-        m = lambda name: _mean(table, prefix + name, arm)
-        sp, rt = m('speedup_vs_teacher'), m('accuracy_retention')
-        rows.append(f"<tr><td>{esc(arm)}</td><td>{fmt(m('accuracy'))}</td><td>{fmt(m('teacher_accuracy'))}</td>"
-                    f"<td>{fmt(rt)} ({'meets' if rt >= rg else 'misses by'} {fmt(abs(rt - rg), 2)})</td>"
-                    f"<td>{fmt(sp, 3)}x ({'meets' if sp >= sg else 'misses by'} {fmt(abs(sp - sg), 2)}x)</td>"
-                    f"<td>{fmt(m('train_time_s'), 3)}</td><td>{fmt(m('train_time_with_teacher_s'), 3)}</td></tr>")
-    return ''.join(rows)
+        m = lambda name: _mean(table, p + name, arm)
+        rows.append({'arm': arm, 'student accuracy': fmt(m('accuracy')), 'teacher accuracy': fmt(m('teacher_accuracy')),
+                     f'retention (goal {fmt(rg, 2)})': meets(m('accuracy_retention'), rg),
+                     f'speed-up (goal {fmt(sg, 2)}x)': meets(m('speedup_vs_teacher'), sg, 'x'),
+                     'train s': fmt(m('train_time_s'), 3), 'train s incl. teacher': fmt(m('train_time_with_teacher_s'), 3),
+                     'precision that ran': ', '.join(sorted({r['info'].get(p + 'precision_used', '?') for r in records if r['arm'] == arm})),
+                     'student training energy (mean)': (lambda j: '-' if np.isnan(j) else f'{fmt(j, 4)} J')(m('train_energy_j'))})
+    return html_table(pd.DataFrame(rows))
 
-def _ran_as(records:list, p:str) -> str:
-    "What each arm's cells ran in (precision) and what energy counter was read, from the records."
-    from lwstudy.report import esc, fmt
-    rows = []
-    for arm in sorted({r['arm'] for r in records}):
-        rs = [r for r in records if r['arm'] == arm]
-        prec = ', '.join(sorted({r['info'].get(p + 'precision_used', '?') for r in rs}))
-        joules = [r['metrics'][p + 'train_energy_j'] for r in rs if p + 'train_energy_j' in r['metrics']]
-        rows.append(f"<tr><td>{esc(arm)}</td><td>{esc(prec)}</td><td>{fmt(float(np.mean(joules)), 4) + ' J' if joules else '-'}</td></tr>")
-    counters = '; '.join(esc(x) for x in sorted({r['info'].get(p + 'energy_counter', '') for r in records}))
-    return (f'<p>Energy counter: {counters}.</p><table><tr><th>arm</th><th>precision that ran</th>'
-            f'<th>student training energy (mean)</th></tr>{"".join(rows)}</table>')
-
-def sections(records:list, table) -> list:
-    "Goals vs measurements (each half), precision and energy as run, the teachers' one-off costs, and loss curves."
-    from matplotlib.figure import Figure
-    from lwstudy.report import esc, fig_to_img, fmt
-    rg, sg = _goal('retention'), _goal('speed')
-    head = (f'<tr><th>arm</th><th>student accuracy</th><th>teacher accuracy</th><th>retention (goal {fmt(rg, 2)})</th>'
-            f'<th>speed-up (goal {fmt(sg, 2)}x)</th><th>train s</th><th>train s incl. teacher</th></tr>')
-    halves = [(p, t) for p, t in HALVES if p + 'accuracy' in set(table.metric)]
-    goals = (f'<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(rg, 2)} and inference speed-up ≥ {fmt(sg, 2)}x.</p>' +
-             ''.join(f'<h4>{esc(t)}</h4><table>{head}{_goals_rows(table, p)}</table>' for p, t in halves))
-    ran = ''.join(f'<h4>{esc(t)}</h4>{_ran_as(records, p)}' for p, t in halves)
+def sections(records:list, # the runner's records
+             table, # the long results table (`runner.results_table`)
+            ) -> list:
+    "Goals vs measurements with the precision and energy as run (each part), the teachers' one-off costs, and loss curves."
+    halves = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)]
+    counters = lambda p: '; '.join(esc(x) for x in sorted({r['info'].get(p + 'energy_counter', '') for r in records}))
+    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(_goal('retention'), 2)} and inference speed-up ≥ "
+             f"{fmt(_goal('speed'), 2)}x.</p>" + ''.join(f'<h4>{esc(t)}</h4><p>Energy counter: {counters(p)}.</p>{_goals(records, table, p)}' for p, t in halves))
     teacher_html = ("<p>Each teacher is trained once and its outputs are cached; every distilled arm is charged the full one-off "
-                    "cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p><ul>")
-    for p, t in halves:
-        fwd = _mean(table, p + 'teacher_forward_s', 'last3_fp32')
-        recs = sorted({r['info'].get(p + 'teacher_record', '') for r in records})
-        teacher_html += ''.join(f'<li>{esc(t)}: {esc(x)}; forward pass for the cache {fmt(fwd, 3)} s</li>' for x in recs)
-    teacher_html += '</ul>'
+                    "cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p><ul>" +
+                    ''.join(f"<li>{esc(t)}: {esc(x)}; forward pass for the cache {fmt(_mean(table, p + 'teacher_forward_s', 'last3_fp32'), 3)} s</li>"
+                            for p, t in halves for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records})) + '</ul>')
     fig = Figure(figsize=(7 * len(halves), 3.2))
-    seed0 = min(r['seed'] for r in records)
     for n, (p, t) in enumerate(halves):
-        ax = fig.add_subplot(1, len(halves), n + 1)
-        for r in sorted(records, key=lambda r: r['arm']):
-            if r['seed'] == seed0 and r['series'].get(p + 'loss_curve'): ax.plot(r['series'][p + 'loss_curve'], label=r['arm'], lw=1)
-        ax.set_xlabel('step'); ax.set_ylabel("training loss (arm's own objective)"); ax.set_title(f'{t}, seed {seed0}', fontsize=9)
-        ax.legend(fontsize=7); ax.grid(alpha=0.3)
+        ax = seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)")
+        ax.set_title(t, fontsize=9)
     fig.tight_layout()
-    return [('Goals: speed-up and accuracy retention', goals), ('Precision and energy, as run', ran), ("The teachers' one-off cost", teacher_html),
-            ('Training curves', fig_to_img(fig))]
+    return [('Goals: speed-up and accuracy retention', goals), ("The teachers' one-off cost", teacher_html), ('Training curves', fig_to_img(fig))]
 
 # %% ../../nbs/40_distill.ipynb #c057
-VISION_SIZING = ('Sizes come from a pilot on the development machine (2026-11-24), not re-measured by this run: at 32 pixels a '
-    'width-8 ResNet-18 step cost several times the 16-pixel step and the student alone learned less within the affordable steps, so '
-    'quick average-pools the images to 16x16; a 300-step teacher came out only a few points above the student alone, so the teacher '
-    'gets 1,200 steps (paid once; its time is vision_teacher_train_s) and the students 128 steps (8 epochs of 2,048 images).')
-
-def spec(profile:str='quick') -> Spec:
+def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
+        ) -> Spec:
     "Selective-layer distillation with reduced precision: six arms paired by seed."
-    p = task_params(profile)
-    v = vision_params(dict(p, **{k: None for k in VISION_SHARED}))
-    resnet_params = {f.__name__: count_params(f(10, v['width'])) for f in (resnet50, resnet18)}
+    a = arms(profile)['last3_fp32']
+    p, v, q = a['parts']['nlp'], a['parts']['vision'], task_params('quick')['vision']
+    mparams = {f.__name__: f'{count_params(f(10, v["width"])) / 1e6:.2f}M' for f in (resnet50, resnet18)}
     big = profile in ('full', 'dryrun')
     notes = [
-        ('Plan: BERT-large -> BERT-base on GLUE and ResNet-50 -> ResNet-18 on CIFAR-10. ' +
-         ('This profile runs BERT-large -> BERT-base (Hub) on SST-2' + ('; dryrun: the same models (random weights from their configs '
-          'where the Hub is unreachable, MiniLM\'s identical uncased WordPiece tokenizer), two batches of data, 2 steps; it checks the code '
-          'path and prints the memory every cache of full would need, and its numbers mean nothing.' if profile == 'dryrun' else '.') if big else
-          'This profile rescales the NLP half: teacher = all-MiniLM-L6-v2 (6 layers, 22.7M parameters, from its pip package) '
-          f"fine-tuned {p['teacher_steps']} steps on {p['n_teacher_train']} SST-2 training sentences; student = 3 of its pretrained "
-          f"layers ({', '.join(map(str, p['student_layers']))}) with its embeddings (17.4M parameters), trained {p['steps']} steps of "
-          f"{p['batch_size']} on {p['n_train']} of those sentences (length-bucketed batches; word embeddings frozen in every arm, "
-          "so 11.7M of its parameters take no gradient or optimiser state).")),
-        (f"Vision half: ResNet-50 -> ResNet-18, both CIFAR-style (3x3 stem, four stages) at width {v['width']} instead of 64 "
-         f"(ResNet-50 {resnet_params['resnet50']/1e6:.2f}M, ResNet-18 {resnet_params['resnet18']/1e6:.2f}M parameters). "
-         + ('' if big else f"Teacher trained once from scratch: {v['teacher_steps']} steps of {v['batch_size']} on a {v['n_teacher_train']}-image "
-            f"slice of the CIFAR-10 training split (random flips and crops shifting by up to 1/8 of the image, AdamW lr {v['teacher_lr']}, linear decay); students "
-            f"trained {v['steps']} steps of {v['batch_size']} on the first {v['n_train']} images of that slice (no augmentation: the "
-            f"teacher's outputs are cached per image), evaluated on a fixed {v['n_test']}-image slice of the test split. ")
-         + VISION_SIZING + ' The student cannot be initialised from teacher layers (DistilBERT-style) here: a bottleneck block holds no '
-         'weights of a basic block\'s shape, so every vision student starts from the same random initialisation per seed. '
-         'Layers are the four stage outputs (hooks on layer1..layer4); a 1x1 convolution per pair maps the student\'s channels to the '
-         "teacher's (FitNets); the hidden MSE runs over full feature maps. Without the mirror the images resolve to a stand-in "
-         '(scikit-learn digits, 1,437 training images), named as such in the Data section.'),
-        'Evaluation: the GLUE SST-2 validation split (872 sentences; the GLUE test labels are hidden). Without the parquet mirror the '
-        'data resolves to a stand-in (Shakespeare comedy vs tragedy passages), named as such in the Data section.',
-        'Every arm starts from the same student initialisation (NLP: pretrained layers, not the fine-tuned teacher\'s, so the student trained '
-        'alone owes nothing to the teacher; vision: the same random initialisation per seed); only the loss (and, in the mixed arms, the '
-        'precision) differs. Loss weights in both halves: CE 1, soft KL 1 (T = 2), hidden MSE 1 (mean over pairs).',
-        "The mixed arms name precision 'mixed', resolved in fit from the run's device (train.resolve_precision): fp16 autocast with a "
-        'gradient scaler on CUDA, bf16 autocast on CPUs with native bf16 instructions, fp32 elsewhere. Each record says which ran '
-        '(precision_used; the section "Precision and energy, as run"); where mixed resolved to fp32 the precision claims are gated '
-        'out as uninformative.',
-        'Arms left out to fit 15 minutes: all-layers and every-other in mixed precision (their effect is the precision effect measured '
-        'by the last3 and alone pairs).',
-        "Energy: each student's training loop is bracketed by the device's energy counter where one exists (NVML on CUDA, RAPL on the "
-        "CPU); each record names the counter or why none was read. Peak memory is tensor storage counted at the dispatcher on the "
-        'CPU (allocator overhead excluded), torch.cuda peak allocation on a GPU.',
-        "Inference timing: fp32, batches of 32 validation sentences padded to their longest (NLP) or of `vision_batch_size` test images (vision), "
-        "teacher and student alternated in one process.",
+        'Plan: BERT-large -> BERT-base on GLUE and ResNet-50 -> ResNet-18 on CIFAR-10. ' + (
+          f"This profile runs {p['teacher']} -> {p['student_base']} on SST-2" + ("; dryrun: the same models (random weights from their configs "
+          "where the Hub is unreachable, MiniLM's tokenizer), two batches, 2 steps: it checks the code path and prints the memory every cache "
+          'of full would need; its numbers mean nothing.' if profile == 'dryrun' else '.') if big else
+          f"This profile rescales the NLP part: teacher = all-MiniLM-L6-v2 (6 layers) fine-tuned {p['teacher_steps']} steps on "
+          f"{p['n_teacher_train']} SST-2 training sentences; student = its pretrained layers {p['student_layers']} with its embeddings (word "
+          f"embeddings frozen in every arm), {p['steps']} steps of {p['batch_size']} on {p['n_train']} of those sentences."),
+        f"Vision part: CIFAR-style ResNet-50 -> ResNet-18 at width {v['width']} instead of 64 ({mparams['resnet50']} -> {mparams['resnet18']} "
+        f"parameters), {v['image_size']}-pixel images; teacher from scratch, {v['teacher_steps']} steps of {v['batch_size']} on {v['n_teacher_train']} "
+        f"training images (flips and crops); students {v['steps']} steps on the first {v['n_train']} of them; test slice {v['n_test']} images. "
+        f"quick's sizes come from a pilot (2026-11-24), not this run: 32 pixels cost several times {q['image_size']}, and a 300-step teacher was "
+        f"barely above the student alone, hence {q['teacher_steps']:,} teacher steps. The vision student starts from a random initialisation "
+        "per seed (a bottleneck block holds no weights of a basic block's shape).",
+        'Stand-ins without the parquet mirror: Shakespeare comedy vs tragedy passages for SST-2, scikit-learn digits (1,437 training '
+        'images) for CIFAR-10, named in the Data section. Evaluation: the SST-2 validation split (the GLUE test labels are hidden).',
+        f"Only the loss (and precision) differs between arms: CE {a['w_ce']:g}, soft KL {a['w_kd']:g} (T = {a['temperature']:g}) and hidden "
+        f"MSE {a['w_hid']:g} (mean over pairs) when distilled. 'mixed' resolves in fit from the run's device (fp16 + scaler on CUDA, bf16 on "
+        "CPUs with native bf16, else fp32; recorded as precision_used); where it ran fp32 the precision claims are gated out.",
+        'Arms left out to fit 15 minutes: all-layers and every-other in mixed precision. Energy: NVML on CUDA, RAPL on the CPU, where '
+        "readable (each record names the counter). Peak memory: tensor storage at the dispatcher (CPU), torch.cuda peak (GPU). Inference: "
+        'fp32, teacher and student alternated.',
     ]
     return Spec('distill', 'Does selective-layer distillation with reduced precision give a student close to the teacher at a '
                 'fraction of the compute?', arms(profile), 'alone_fp32', METRICS, claims(), fit,
