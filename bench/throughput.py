@@ -93,7 +93,7 @@ def transformer_cases():
 def cnn_cases():
     from lwstudy.models import SmallCNN, resnet18, resnet50
     from lwstudy.techniques import calibration, distill, sparse, uncertainty_lr
-    c, v = calibration.task_params('quick'), distill.task_params('quick')
+    c, v = calibration.task_params('quick'), distill.task_params('quick')['vision']
     s, u = sparse.sizes('quick')['parts']['cnn'], uncertainty_lr.task_params('quick')['cifar10']
     return [
         (f"calibration SmallCNN {tuple(c['widths'])} b{c['batch_size']} 32x32",
@@ -101,10 +101,10 @@ def cnn_cases():
         (f"sparse SmallCNN {tuple(s['widths'])} b{s['batch_size']} {s['img_size']}x{s['img_size']}",
          lambda: _image(lambda: SmallCNN(10, widths=tuple(s['widths']), hidden=s['hidden'], img_size=s['img_size']),
                         s['batch_size'], s['img_size'])),
-        (f"distill ResNet-18 w{v['vision_width']} b{v['vision_batch_size']} {v['vision_image_size']}px",
-         lambda: _image(lambda: resnet18(10, v['vision_width']), v['vision_batch_size'], v['vision_image_size'])),
-        (f"distill ResNet-50 teacher w{v['vision_width']} b{v['vision_batch_size']} {v['vision_image_size']}px",
-         lambda: _image(lambda: resnet50(10, v['vision_width']), v['vision_batch_size'], v['vision_image_size'])),
+        (f"distill ResNet-18 w{v['width']} b{v['batch_size']} {v['image_size']}px",
+         lambda: _image(lambda: resnet18(10, v['width']), v['batch_size'], v['image_size'])),
+        (f"distill ResNet-50 teacher w{v['width']} b{v['batch_size']} {v['image_size']}px",
+         lambda: _image(lambda: resnet50(10, v['width']), v['batch_size'], v['image_size'])),
         (f"uncertainty_lr ResNet-18 w{u['width']} b{u['batch_size']} 32px",
          lambda: _image(lambda: resnet18(10, u['width']), u['batch_size'], 32)),
     ] + ([("ref: ResNet-18 w64 b64 32px", lambda: _image(lambda: resnet18(10, 64), 64, 32))] if REF else [])
