@@ -88,7 +88,7 @@ def test_report_warns_when_fewer_seeds_are_stored_than_asked(home):
     assert (home/'reports'/f'{name}.html').exists()
 
 def test_ctrl_c_keeps_the_computed_cells_in_one_line(home):
-    with technique_module(body='import time; time.sleep(0.5)') as name:
+    with technique_module(body='import time; time.sleep(2)') as name:  # 80 cells x 2 s: the signal lands mid-run even on a loaded host
         proc = subprocess.Popen([sys.executable, '-c', MAIN, 'run', name, '--profile', 'smoke', '--seeds', '40'], cwd=home,
                                 env={**os.environ, 'LWSTUDY_HOME': str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 240
