@@ -315,15 +315,13 @@ def fmt_p(p) -> str:
     return '<0.0001' if p < 1e-4 else f'{p:.2g}'
 
 def html_table(df:pd.DataFrame, row_class=None) -> str:
-    "`df` as an HTML table, every header and cell escaped; `row_class`: one CSS class per row (escaped too)."
+    "`df` as an HTML table, every header and cell escaped, NaN blank, ints kept; `row_class`: one CSS class per row (escaped too)."
     head = ''.join(f'<th>{esc(c)}</th>' for c in df.columns)
-    body = ''
-    for i, (_, r) in enumerate(df.iterrows()):
+    body, cell = '', lambda v: '' if isinstance(v, float) and v != v else esc(v)  # NaN: blank
+    for i, r in enumerate(df.itertuples(index=False)):  # itertuples keeps each column's type (iterrows makes ints floats)
         cls = f' class="{esc(row_class[i])}"' if row_class is not None else ''
-        body += f'<tr{cls}>' + ''.join(f'<td>{esc(v)}</td>' for v in r.values) + '</tr>'
+        body += f'<tr{cls}>' + ''.join(f'<td>{cell(v)}</td>' for v in r) + '</tr>'
     return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-_table = html_table  # old private name, kept until every caller uses html_table
 
 def _ci(e, l, h, digits=4) -> str: return f'{fmt(e, digits)} [{fmt(l, digits)}, {fmt(h, digits)}]' if np.isfinite(e) else ''
 

@@ -434,7 +434,6 @@ def sweep_figure(rows:list[dict]):
     fig.tight_layout()
     return fig
 
-def _table(df:pd.DataFrame) -> str: return html_table(df.astype(object).where(df.notna(), ''))  # ints stay ints, NaN blank
 
 def _sweep_section(long_len:int) -> tuple[str, str]:
     "bench/attention.py's saved sequence-length sweep: caption, crossovers, the claims' goals at `long_len`, figure, table."
@@ -454,7 +453,7 @@ def _sweep_section(long_len:int) -> tuple[str, str]:
         ": both stay at the floor set by the activations outside attention (fused SDPA never holds T x T either), so blockpool "
         "has no memory advantage over SDPA here, only over eager attention.</p>" if dev < 0.01 else '.</p>'))
     rss = ('<p>Cross-check: peak RSS growth of a fresh process running one fwd+bwd step (includes allocator slack and any '
-           'scratch inside fused kernels):</p>' + _table(pd.DataFrame(sw['rss']))) if sw.get('rss') else ''
+           'scratch inside fused kernels):</p>' + html_table(pd.DataFrame(sw['rss']))) if sw.get('rss') else ''
     return (title, f"<p class='muted'>Saved output of <code>bench/attention.py</code> measured {esc(sw['measured'])} on "
         f"{esc(sw['device'])} (commit {esc(sw['git_commit'])}; 1-min load average {esc(sw.get('load_avg_1min'))} at start/end on "
         f"{esc(sw.get('cpus', '?'))} CPUs: above about 1 per CPU, other work shared it), not recomputed by this run. Model: "
@@ -463,7 +462,7 @@ def _sweep_section(long_len:int) -> tuple[str, str]:
         f"whole model's memory at these sizes. Crossover (dashed), the shortest length from which blockpool beats SDPA at every "
         f"longer length: fwd+bwd {x('fwdbwd_s')}; peak memory more than 1% below SDPA's, whole model {x('peak_mb', 0.01)}"
         + (f", encoder only {x('enc_peak_mb', 0.01)}" if 'enc_peak_mb' in rows[0] else '') + "; None: no such length in the "
-        "sweep.</p>" + goals + fig_to_img(sweep_figure(rows)) + _table(t.reset_index()) + rss)
+        "sweep.</p>" + goals + fig_to_img(sweep_figure(rows)) + html_table(t.reset_index()) + rss)
 
 def _approx_section() -> tuple[str, str]:
     "The approximation errors bench/attention.py saved, or how to produce them."
@@ -475,7 +474,7 @@ def _approx_section() -> tuple[str, str]:
         f"all-MiniLM-L6-v2 on {esc(a['n_seqs'])} window(s) of {esc(a['T'])} tokens of WikiText-2 test ({esc(a['source'])}); relative "
         "error ||approx - exact|| / ||exact|| of the attention output, mean/min/max over layers. 'local only' drops the pooled far "
         f"field; 'uniform' gives every query the mean value. Saved by <code>bench/attention.py</code> {esc(a.get('measured', '?'))} "
-        f"(commit {esc(a.get('git_commit', '?'))}), deterministic.</p>" + _table(pd.DataFrame(a['rows']).round(4)))
+        f"(commit {esc(a.get('git_commit', '?'))}), deterministic.</p>" + html_table(pd.DataFrame(a['rows']).round(4)))
 
 def _quality_section(records:list[dict]) -> tuple[str, str]|None:
     "Per arm, the range over seeds of perplexity, accuracy, distinct predictions and the ratio to the unigram model."
@@ -489,7 +488,7 @@ def _quality_section(records:list[dict]) -> tuple[str, str]|None:
            "compare unigram fits, not attention; their gate fails and they are 'uninformative'.</p>" if (q.ptb_test_distinct_preds <= 1).all()
            else "<p>Top-1 predictions use more than one distinct token in at least one model: see the per-arm range.</p>")
     return ('Quality at this training budget', msg + f"<p>The gate of the perplexity claims: {esc(QUALITY_GATE.text)}. Unigram "
-            f"model: {esc(records[0]['info'].get('unigram', ''))}.</p>" + _table(g.round(4).reset_index()))
+            f"model: {esc(records[0]['info'].get('unigram', ''))}.</p>" + html_table(g.round(4).reset_index()))
 
 def sections(records:list[dict], # the runner's records of this experiment
              table:pd.DataFrame, # its long table (unused: all comes from the records and bench's saved output)
