@@ -4,12 +4,59 @@
     flock /tmp/lwstudy-cpu.lock python bench/attention.py              # 128 .. 8192, batch 2, the RSS cross-check, approx errors
     python bench/attention.py --lengths 128,512 --repeats 1 --no-rss --no-cache   # a quick look
     python bench/attention.py --approx-only   # only the approximation errors on MiniLM's activations (the report shows them)
+    python bench/attention.py --resave        # re-derive the saved sweep's table and crossovers from its saved rows (measures nothing)
 """
 from __future__ import annotations
 import argparse, datetime as dt, json, os, subprocess, sys, time
 import torch
 
 ARMS = {'sdpa': 'sdpa', 'eager': 'eager', 'blockpool': 'lw_blockpool', 'linear': 'lw_linear'}
+SWEEP_KEYS = {'fwd_s': 'forward', 'fwdbwd_s': 'fwd+bwd', 'peak_mb': 'fwd+bwd peak',  # a sweep row's measurements
+              'enc_peak_mb': 'encoder-only fwd+bwd peak'}  # the same without the 30k-vocab MLM head
+MARGINS = {'fwd_s': 0.0, 'fwdbwd_s': 0.0, 'peak_mb': 0.01, 'enc_peak_mb': 0.01}  # crossover: win by more than this (relative)
+
+
+def crossover(rows:list[dict], # sweep rows: T, arm and the measured keys
+              arm:str, # the arm that should win
+              vs:str='sdpa', # the arm it should beat
+              key:str='fwdbwd_s', # the measurement compared (lower wins)
+              margin:float=0.0, # relative: win by more than this
+             ) -> int|None:
+    "The smallest swept length from which `arm` beats `vs` (by more than `margin`, relative) at every longer length."
+    import pandas as pd
+    t = pd.DataFrame(rows).pivot_table(index='T', columns='arm', values=key).dropna(subset=[arm, vs])
+    wins = (t[arm] < t[vs] * (1 - margin)).to_numpy()
+    return next((int(t.index[i]) for i in range(len(wins)) if wins[i:].all()), None)
+
+
+def sweep_table(rows:list[dict]):
+    "One row per (T, arm): fwd+bwd seconds, each measurement over SDPA's, and the peaks over eager attention's."
+    import pandas as pd
+    df = pd.DataFrame(rows).set_index(['T', 'arm'])
+    keys, arms = [k for k in SWEEP_KEYS if k in df], set(df.index.get_level_values('arm'))
+    out = df[['fwdbwd_s']].round(4).rename(columns={'fwdbwd_s': 'fwd+bwd s'})
+    for vs, ks in (('sdpa', keys), ('eager', [k for k in keys if 'peak' in k])):
+        if vs in arms: out = out.join(df[ks].div(df.xs(vs, level='arm')[ks], level='T').round(3).rename(columns=lambda k: f'{SWEEP_KEYS[k]} / {vs}'))
+    return out.reset_index()
+
+
+GOALS = (('time-4096', 'fwd+bwd / SDPA', 'fwd+bwd / sdpa'), ('mem-4096', 'peak memory / SDPA', 'fwd+bwd peak / sdpa'),
+         ('mem-eager', 'peak memory / eager', 'fwd+bwd peak / eager'))  # claim id, what, the sweep table's column
+
+
+def summary(rows:list[dict], # the sweep's rows
+            long_len:int, # the claims' length: their goals are read off the sweep there
+           ) -> dict:
+    "What the report shows beside the rows: ratio table, crossovers {key: {arm: T}} and margins, the claims' goals, panel titles."
+    import pandas as pd
+    keys, t = [k for k in SWEEP_KEYS if k in rows[0]], sweep_table(rows)
+    at = t[(t['T'] == long_len) & (t.arm == 'blockpool')].to_dict('records')
+    goals = [dict(claim=c, what=w, value=float(at[0][col])) for c, w, col in GOALS if at and pd.notna(at[0].get(col))]
+    peak = t[t.arm == 'blockpool']['fwd+bwd peak / sdpa']
+    return dict(table=t.to_dict('records'), goals_T=long_len, goals=goals, peak_dev_vs_sdpa=float((peak - 1).abs().max()),
+                margins={k: MARGINS[k] for k in keys},
+                crossover={k: {a: crossover(rows, a, key=k, margin=MARGINS[k]) for a in ('blockpool', 'linear')} for k in keys},
+                titles={k: f"{SWEEP_KEYS[k]} ({'s' if k.endswith('_s') else 'MB'})" for k in keys})
 
 
 def model_cfg() -> dict:
@@ -125,13 +172,13 @@ def approx_record(T: int = 512, n_seqs: int = 2, blocks=(32, 64, 128, 256), prof
 def approx(no_cache: bool = False):
     "Approximation errors of blockpool / local-only / linear / uniform against exact attention on MiniLM's activations."
     from lwstudy.core import atomic_write, git_commit
-    from lwstudy.techniques.attention import approx_path
+    from lwstudy.techniques.attention import bench_path
     rec = approx_record()
     rec.update(measured=dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), git_commit=git_commit())
     import pandas as pd
     print(f"approximation errors ({rec['n_seqs']} x {rec['T']} tokens, {rec['source']}):")
     print(pd.DataFrame(rec['rows']).round(4).to_string(index=False))
-    if not no_cache: print(f'saved for the report: {atomic_write(approx_path(), json.dumps(rec, indent=1))}')
+    if not no_cache: print(f"saved for the report: {atomic_write(bench_path('approx'), json.dumps(rec, indent=1))}")
 
 
 def main(argv=None):
@@ -147,6 +194,7 @@ def main(argv=None):
     ap.add_argument('--no-cache', action='store_true', help='do not write the cache the report reads')
     ap.add_argument('--approx-only', action='store_true', help='only the approximation errors on real activations (approx.json)')
     ap.add_argument('--no-approx', action='store_true', help='skip the approximation errors')
+    ap.add_argument('--resave', action='store_true', help="add the table and crossovers to the saved sweep's rows (an older save)")
     ap.add_argument('--rss-child', nargs=3, metavar=('ARM', 'T', 'BATCH'), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.rss_child:
@@ -154,7 +202,10 @@ def main(argv=None):
 
     import pandas as pd
     from lwstudy.core import atomic_write, device_name, git_commit
-    from lwstudy.techniques.attention import MASK_RATE, _claims, crossover, sweep_path, sweep_table
+    from lwstudy.techniques.attention import MASK_RATE, _claims, bench_path
+    if a.resave:
+        saved = json.loads(bench_path('sweep').read_text())
+        return print(f"resaved: {atomic_write(bench_path('sweep'), json.dumps(saved | summary(saved['rows'], long_len), indent=1))}")
     if not a.no_approx: approx(a.no_cache)
     if a.approx_only: return
     cl = {c.id: c for c in _claims()}
@@ -172,11 +223,10 @@ def main(argv=None):
                                     if not (arm == 'eager' and int(T) > a.eager_max)]
     pd.set_option('display.width', 250); pd.set_option('display.max_columns', 30)
     print('\nRatios (same run, side by side):')
-    print(sweep_table(rows).to_string(index=False))
+    sm = summary(rows, long_len)
+    print(pd.DataFrame(sm['table']).to_string(index=False))
     for arm in ('blockpool', 'linear'):
-        print(f"crossover {arm} vs sdpa: fwd {crossover(rows, arm, key='fwd_s')}, fwd+bwd {crossover(rows, arm)}, "
-              f"memory (>1% below) {crossover(rows, arm, key='peak_mb', margin=0.01)}, "
-              f"encoder-only memory (>1% below) {crossover(rows, arm, key='enc_peak_mb', margin=0.01)}")
+        print(f'crossover {arm} vs sdpa: ' + ', '.join(f"{SWEEP_KEYS[k]} (>{m:.0%} below) {sm['crossover'][k][arm]}" for k, m in sm['margins'].items()))
     if rss_rows:
         print('\nPeak RSS growth of a fresh process, one fwd+bwd step:')
         rt = pd.DataFrame(rss_rows); print(rt.to_string(index=False))
@@ -184,10 +234,8 @@ def main(argv=None):
     if (long_len, 'sdpa') in df.index:
         g = lambda arm, k: df.loc[(long_len, arm), k]
         print(f'\nGoals at T={long_len} (the claims):')
-        print(f"  blockpool fwd+bwd / sdpa = {g('blockpool', 'fwdbwd_s') / g('sdpa', 'fwdbwd_s'):.3f}  (goal < {cl['time-4096'].threshold:g})")
-        print(f"  blockpool peak mem / sdpa = {g('blockpool', 'peak_mb') / g('sdpa', 'peak_mb'):.3f}  (goal < {cl['mem-4096'].threshold:g})")
+        for x in sm['goals']: print(f"  blockpool {x['what']} = {x['value']:.3f}  (goal < {cl[x['claim']].threshold:g})")
         if (long_len, 'eager') in df.index:
-            print(f"  blockpool peak mem / eager = {g('blockpool', 'peak_mb') / g('eager', 'peak_mb'):.3f}  (goal < {cl['mem-eager'].threshold:g})")
             print(f"  (encoder only, no MLM head) blockpool / sdpa = {g('blockpool', 'enc_peak_mb') / g('sdpa', 'enc_peak_mb'):.3f}, "
                   f"blockpool / eager = {g('blockpool', 'enc_peak_mb') / g('eager', 'enc_peak_mb'):.3f}")
         for r in rss_rows:
@@ -201,10 +249,10 @@ def main(argv=None):
                 load_avg_1min=[round(load0[0], 2), round(load1[0], 2)], cpus=os.cpu_count(),
                 model=f"DistilBertForMaskedLM dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, FFN {cfg['hidden_dim']}, "
                       f"attention dropout 0, MLM head on the {MASK_RATE:.0%} masked positions",
-                rows=rows, rss=rss_rows)
+                rows=rows, rss=rss_rows, **sm)
     print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} ({meta['cpus']} CPUs)")
     if not a.no_cache:
-        print(f'cached for the report: {atomic_write(sweep_path(), json.dumps(meta, indent=1))}')  # never half a file
+        print(f"cached for the report: {atomic_write(bench_path('sweep'), json.dumps(meta, indent=1))}")  # never half a file
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_report.ipynb #c002
 from __future__ import annotations
-import base64, datetime as dt, html, io, warnings
+import base64, datetime as dt, html, io, json, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ __all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values',
            'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'fig_to_img',
            'paired_plot', 'forest_plot', 'tradeoff_plot', 'seed_curves', 'esc', 'fmt', 'fmt_p', 'html_table',
            'claims_html', 'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html',
-           'resolve_out_dir', 'page_claims', 'write_report']
+           'resolve_out_dir', 'page_claims', 'write_report', 'bench_section', 'sweep_figure']
 
 # %% ../nbs/07_report.ipynb #c005
 FAMILIES = ('primary', 'exploratory', 'calibration')
@@ -458,3 +458,50 @@ def write_report(spec:Spec, profile:str, out_dir='reports', store:Store|None=Non
     atomic_write(out/f'{spec.name}_metrics.csv', metric_table(spec, table).to_csv(index=False))
     atomic_write(out/f'{spec.name}_claims.csv', claims.to_csv(index=False))
     return atomic_write(out/f'{spec.name}.html', render_html(spec, table, records, profile, extra, family))
+
+# %% ../nbs/07_report.ipynb #c022
+def bench_section(path, # a bench's saved JSON output
+                  render, # the saved dict -> the section's HTML (it escapes every string it takes from the dict)
+                  missing_msg:str, # HTML saying how to produce the output (the technique's own text: not escaped)
+                  needs=(), # keys the saved output must hold: an older save without them counts as missing
+                 ) -> str:
+    "A section's HTML from a benchmark's saved JSON (read, never recomputed), or a plain note that there is none and how to make it."
+    p = Path(path)
+    saved = json.loads(p.read_text()) if p.exists() else None
+    lacks = [] if saved is None else [k for k in needs if k not in saved]
+    if saved is None or lacks:
+        what = 'No saved output' if saved is None else f"Saved output without {', '.join(lacks)}"
+        return f'<p>{esc(what)} at <code>{esc(p)}</code>: {missing_msg}</p>'
+    return render(saved)
+
+def sweep_figure(rows:list[dict], # a bench's saved rows: the swept key, the line key and the measurements
+                 x:str, # the swept key (x axis)
+                 y, # a measured key, or a list of them: one panel per key
+                 by:str, # one line per value of this key (an arm, a representation)
+                 panel:str|None=None, # one panel per value of this key instead (`y` then one key)
+                 titles:dict|None=None, # panel (measured key or `panel` value) -> its title
+                 ylabel:str|None=None, # default: the measured key
+                 logx:int|None=None, # base of a log x axis (None: linear)
+                 logy:bool=False, # log y axis
+                 marks:dict|None=None, # panel -> x of a dashed vertical mark (a crossover, a break-even); None: no mark
+                 hlines=(), # (y, linestyle) reference lines drawn on every panel
+                 ncols:int=4, # panels per row
+                ) -> Figure:
+    "A saved sweep's measurements against the swept key: one panel per measurement (or `panel` value), one line per `by` value."
+    ys = [y] if isinstance(y, str) else list(y)
+    panels = list(dict.fromkeys(r[panel] for r in rows)) if panel else ys
+    cols = min(ncols, len(panels)); nr = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.3 * cols, 3.4 * nr))
+    for i, pn in enumerate(panels):
+        ax, key = fig.add_subplot(nr, cols, i + 1), ys[0] if panel else pn
+        sub = [r for r in rows if r.get(key) is not None and (panel is None or r[panel] == pn)]
+        for line in dict.fromkeys(r[by] for r in sub):
+            ax.plot(*zip(*sorted((r[x], r[key]) for r in sub if r[by] == line)), marker='o', label=str(line))
+        for h, ls in hlines: ax.axhline(h, color='grey', lw=1, ls=ls)
+        if (marks or {}).get(pn) is not None: ax.axvline(marks[pn], color='grey', lw=1, ls='--')
+        if logx: ax.set_xscale('log', base=logx)
+        if logy: ax.set_yscale('log')
+        ax.set_title((titles or {}).get(pn, str(pn)), fontsize=9); ax.set_xlabel(x); ax.set_ylabel(ylabel or key); ax.grid(alpha=0.3)
+        if i == 0 and ax.lines: ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

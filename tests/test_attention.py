@@ -15,21 +15,22 @@ def bench():
     return m
 
 
-def save_bench_outputs(eager_at_long=True):
-    "sweep.json and approx.json in the formats bench/attention.py writes (and wrote before issue 14)."
+def save_bench_outputs(eager_at_long=True, summary=True):
+    "sweep.json and approx.json as bench/attention.py writes them (`summary=False`: a sweep saved before its table and crossovers)."
     from lwstudy.core import atomic_write
     rows = [dict(T=t, arm=a, fwd_s=1.0, fwdbwd_s=0.4 if a == 'blockpool' else 1.0, peak_mb=10.0, enc_peak_mb=5.0)
-            for t in (128, 4096, 8192) for a in ('sdpa', 'eager', 'blockpool', 'linear') if eager_at_long or a != 'eager' or t < 4096]
-    atomic_write(A.sweep_path(), json.dumps(dict(measured=EVIL, device=EVIL, git_commit=EVIL, batch=2, repeats=1,
-                                                 load_avg_1min=[0.1, 0.2], cpus=2, model=EVIL, rows=rows,
-                                                 rss=[dict(arm=EVIL, T=4096, rss_before_mb=1.0, peak_rss_growth_mb=2.0)])))
-    atomic_write(A.approx_path(), json.dumps(dict(T=512, n_seqs=1, layers=6, heads=12, source=EVIL, measured=EVIL,
-                                                  rows=[dict(method=EVIL, mean=0.1, min=0.1, max=0.1)])))
+            for t in (128, A.LONG_LEN, 2 * A.LONG_LEN) for a in ('sdpa', 'eager', 'blockpool', 'linear')
+            if eager_at_long or a != 'eager' or t < A.LONG_LEN]
+    sw = dict(measured=EVIL, device=EVIL, git_commit=EVIL, batch=2, repeats=1, load_avg_1min=[0.1, 0.2], cpus=2, model=EVIL,
+              rows=rows, rss=[dict(arm=EVIL, T=A.LONG_LEN, rss_before_mb=1.0, peak_rss_growth_mb=2.0)])
+    atomic_write(A.bench_path('sweep'), json.dumps(sw | (bench().summary(rows, A.LONG_LEN) if summary else {})))
+    atomic_write(A.bench_path('approx'), json.dumps(dict(T=512, n_seqs=1, layers=6, heads=12, source=EVIL, measured=EVIL,
+                                                         rows=[dict(method=EVIL, mean=0.1, min=0.1, max=0.1)])))
 
 
 def record(arm='sdpa', seed=0, distinct=1.0):
     keys = ('ptb_test_ppl', 'ptb_test_ppl_vs_unigram', 'unigram_test_ppl', 'ptb_test_acc', 'final_train_loss')
-    return dict(arm=arm, seed=seed, params=dict(long_len=4096), info=dict(unigram=EVIL), series=dict(loss_curve=[3.0, 2.0, 1.5]),
+    return dict(arm=arm, seed=seed, params=dict(long_len=A.LONG_LEN), info=dict(unigram=EVIL), series=dict(loss_curve=[3.0, 2.0, 1.5]),
                 metrics=dict(dict.fromkeys(keys, 1.0), ptb_test_distinct_preds=distinct))
 
 
@@ -45,16 +46,27 @@ def test_sections_render_saved_bench_output_escaped_and_never_compute(home, monk
     assert '<script>' not in page and page.count('&lt;script&gt;') >= 8
     sweep = secs['Sequence-length sweep (benchmark)']
     assert 'fwd+bwd 128 (elu+1 linear: None)' in sweep  # blockpool 0.4 s vs SDPA 1.0 s at every length
-    assert 'blockpool fwd+bwd / SDPA 0.4 (goal &lt; 0.5)' in sweep
-    assert ('blockpool peak memory / eager 1 (goal &lt; 0.25)' in sweep) == eager_at_long
+    assert f'blockpool fwd+bwd / SDPA 0.4 (goal &lt; {A.TIME_GOAL:g})' in sweep
+    assert (f'blockpool peak memory / eager 1 (goal &lt; {A.EAGER_MEM_GOAL:g})' in sweep) == eager_at_long
     assert 'no memory advantage over SDPA' in sweep and 'nan' not in sweep
     assert 'predicts one and the same token' in secs['Quality at this training budget']
 
 
 def test_sections_without_saved_output_say_how_to_produce_it(home):
     secs = dict(A.sections([], pd.DataFrame()))
-    assert 'python bench/attention.py' in secs['Sequence-length sweep (benchmark)']
+    assert 'No saved output' in secs['Sequence-length sweep (benchmark)'] and 'python bench/attention.py' in secs['Sequence-length sweep (benchmark)']
     assert '--approx-only' in secs['Approximation error on real activations'] and len(secs) == 2
+
+
+def test_an_older_sweep_save_is_resaved_with_its_summary_measuring_nothing(home, monkeypatch):
+    "A sweep saved before the bench saved its table and crossovers: the report says so; `--resave` adds them from the rows."
+    save_bench_outputs(summary=False)
+    sweep = lambda: dict(A.sections([], pd.DataFrame()))['Sequence-length sweep (benchmark)']
+    assert 'Saved output without table, crossover, goals' in sweep() and '--resave' in sweep()
+    b = bench()
+    monkeypatch.setattr(b, 'measure', lambda *a, **k: pytest.fail('--resave measured'))
+    b.main(['--resave'])
+    assert 'fwd+bwd 128 (elu+1 linear: None)' in sweep()
 
 
 @pytest.mark.needs_data
@@ -64,7 +76,7 @@ def test_bench_approximation_errors_render_in_the_report(home):
     rec = bench().approx_record(T=128, n_seqs=1, blocks=(32, 128), profile='smoke')
     e = pd.DataFrame(rec['rows']).set_index('method')['mean']
     assert e['blockpool b=128 (1 blocks)'] < 1e-5 < e['blockpool b=32 (4 blocks)'] < e['local only b=32']
-    atomic_write(A.approx_path(), json.dumps(rec))
+    atomic_write(A.bench_path('approx'), json.dumps(rec))
     html = dict(A.sections([], pd.DataFrame()))['Approximation error on real activations']
     assert f"{rec['layers']} layers x {rec['heads']} heads" in html and 'local only b=32' in html
 

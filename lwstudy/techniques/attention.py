@@ -4,7 +4,7 @@
 
 # %% ../../nbs/10_attention.ipynb #c002
 from __future__ import annotations
-import functools, json, math
+import functools, math
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,18 +16,17 @@ from transformers.masking_utils import AttentionMaskInterface
 from .. import data
 from ..core import by_profile, current_device, make_generator
 from ..measure import count_flops, peak_memory_mb, require_memory, time_it
-from ..mlm import MASK_RATE, UNIGRAM_ALPHAS, lm_texts, mask_tokens, mlm_loss, mlm_scores, token_windows, unigram_ppl
+from ..mlm import MASK_RATE, UNIGRAM_ALPHAS, mask_tokens, mlm_loss, mlm_scores, token_windows, unigram_ppl
 from ..models import count_params, distilbert_mlm
-from ..report import esc, fig_to_img, html_table, seed_curves
+from ..report import bench_section, esc, fig_to_img, html_table, seed_curves, sweep_figure
 from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate_mean
-from ..train import WarmupLinear, autocast, make_loader, resolve_precision, train
+from ..train import WarmupLinear, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['B_MIN', 'ATTENTIONS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'MODEL_KEYS', 'ARM_NAMES', 'METRICS', 'PPL_TOL', 'TIME_GOAL',
-           'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'SWEEP_KEYS', 'block_size_for', 'blockpool_attention',
-           'linear_attention', 'softmax_attention', 'register', 'build_mlm', 'train_splits', 'cost_step',
-           'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'sweep_path', 'approx_path', 'crossover',
-           'sweep_table', 'sweep_figure', 'sections']
+__all__ = ['B_MIN', 'ATTENTIONS', 'MODEL_KEYS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'ADAMW', 'LONG_LEN', 'ARM_NAMES', 'METRICS',
+           'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
+           'blockpool_attention', 'linear_attention', 'softmax_attention', 'register', 'build_mlm', 'train_splits',
+           'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'bench_path', 'sections']
 
 # %% ../../nbs/10_attention.ipynb #c005
 B_MIN = 32  # smallest block
@@ -137,7 +136,9 @@ def register():
 register()
 
 # %% ../../nbs/10_attention.ipynb #c018
-def build_mlm(cfg:dict, # distilbert_mlm sizes: dim, n_layers, n_heads, hidden_dim, max_len
+MODEL_KEYS = ('dim', 'n_layers', 'n_heads', 'hidden_dim', 'max_len')  # the params that size the model
+
+def build_mlm(cfg:dict, # distilbert_mlm sizes: the MODEL_KEYS
               attn:str, # attn_implementation: 'sdpa', 'eager', 'lw_blockpool', 'lw_linear'
               attn_dropout:float=0.0, # attention-weight dropout (hidden dropout stays 0.1)
              ):
@@ -155,7 +156,6 @@ def train_splits(profile:str) -> list[tuple]:
     mirror = [('wikitext', 'validation', 'wikitext-2-v1'), ('wikitext', 'test', 'wikitext-2-raw-v1')]
     if all(data.resolve(n, s, profile, c).kind == 'mirror' for n, s, c in mirror): return mirror
     return hub  # resolves to the stand-in
-
 
 # %% ../../nbs/10_attention.ipynb #c035
 INFER_BATCH = 32  # sequences in the timed eval forward at seq_len
@@ -185,50 +185,38 @@ def eager_scores_bytes(cfg:dict, # distilbert_mlm sizes
     "Estimated T x T memory of eager attention's fwd+bwd (fp32): every layer's probabilities kept for backward, plus one layer's scores in flight."
     return (cfg['n_layers'] + 1) * batch * cfg['n_heads'] * T * T * 4
 
-def _fresh(cfg:tuple, attn:str, attn_dropout:float):
-    "A model of `cfg` (sorted items) with fixed weights, built without moving the run's RNG: for weight-free measurements."
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return build_mlm(dict(cfg), attn, attn_dropout).to(current_device())
-
-@functools.lru_cache(maxsize=None)
-def _infer_costs(cfg:tuple, attn:str, attn_dropout:float, ids:tuple, labels:tuple) -> dict:
-    "Peak memory and forward FLOPs per sequence of an eval forward of (`ids`, `labels`) (nested tuples), on a fresh model."
-    model, x, y = _fresh(cfg, attn, attn_dropout).eval(), torch.tensor(ids), torch.tensor(labels)
-    return dict(infer_peak_mb=peak_memory_mb(cost_step(model, (x, y), backward=False)),
-                fwd_gflops=count_flops(cost_step(model, (x[:1], y[:1]), backward=False)) / 1e9)
-
-@functools.lru_cache(maxsize=None)
-def _step_peak_mb(cfg:tuple, attn:str, T:int, batch:int, attn_dropout:float) -> float:
-    "Peak memory of one fwd+bwd step at length `T` on a fresh model; for eager attention, refused where T x T does not fit."
+@functools.cache
+def _fresh_costs(cfg:tuple, attn:str, attn_dropout:float, T:int, batch:int, ids:tuple=(), labels:tuple=()) -> dict:
+    "Weight-free costs on a fresh model of `cfg` (sorted items), built without moving the run's RNG: eval forward peak and FLOPs per sequence of (`ids`, `labels`) (nested tuples; none: skipped), then one fwd+bwd step's peak at (`batch`, `T`); eager attention is refused where T x T does not fit."
     if attn == 'eager':
         require_memory(f'eager attention fwd+bwd at T={T}, batch {batch} (T x T scores)', eager_scores_bytes(dict(cfg), T, batch),
                        current_device())
-    model = _fresh(cfg, attn, attn_dropout).train()
-    return peak_memory_mb(cost_step(model, _long_batch(model.config.vocab_size, T, batch)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0); model = build_mlm(dict(cfg), attn, attn_dropout).to(current_device()).eval()
+    x, y, out = torch.tensor(ids), torch.tensor(labels), {}
+    if ids: out = dict(infer_peak_mb=peak_memory_mb(cost_step(model, (x, y), backward=False)),
+                       fwd_gflops=count_flops(cost_step(model, (x[:1], y[:1]), backward=False)) / 1e9)
+    return out | dict(long_peak_mb=peak_memory_mb(cost_step(model.train(), _long_batch(model.config.vocab_size, T, batch))))
 
 def cost_metrics(model, # the trained masked LM (its weights matter to nothing but the times)
-                 cfg:dict, # its distilbert_mlm sizes
+                 p:dict, # its arm's params: the MODEL_KEYS, long_len, long_batch, repeats (timed runs after one warm-up), attn_dropout
                  eval_batch, # (inputs, labels) at seq_len, for the inference measurements
-                 long_len:int, # tokens per sequence of the cost step
-                 long_batch:int, # sequences in the cost step
-                 repeats:int, # timed runs (median) after one warm-up
-                 attn_dropout:float=0.0, # the model's attention dropout
                 ) -> dict:
     "Inference time / memory / FLOPs at seq_len and fwd+bwd time / memory at `long_len`; memory and FLOPs once per process."
-    x, y = eval_batch
-    attn, c = model.config._attn_implementation, tuple(sorted(cfg.items()))
-    inf = time_it(cost_step(model.eval(), eval_batch, backward=False), warmup=1, repeats=repeats)['median_s']
-    out = dict(infer_ms_per_seq=1e3 * inf / len(x),
-               **_infer_costs(c, attn, attn_dropout, tuple(map(tuple, x.tolist())), tuple(map(tuple, y.tolist()))))
-    step = cost_step(model.train(), _long_batch(model.config.vocab_size, long_len, long_batch))
-    out['long_fwdbwd_s'] = time_it(step, warmup=1, repeats=repeats)['median_s']
-    out['long_peak_mb'] = _step_peak_mb(c, attn, long_len, long_batch, attn_dropout)
-    out['long_mem_vs_eager'] = out['long_peak_mb'] / _step_peak_mb(c, 'eager', long_len, long_batch, attn_dropout)
+    (x, y), attn, c = eval_batch, model.config._attn_implementation, tuple(sorted((k, p[k]) for k in MODEL_KEYS))
+    long, dp, reps = (p['long_len'], p['long_batch']), p['attn_dropout'], p['repeats']
+    inf = time_it(cost_step(model.eval(), eval_batch, backward=False), warmup=1, repeats=reps)['median_s']
+    step = cost_step(model.train(), _long_batch(model.config.vocab_size, *long))
+    out = dict(infer_ms_per_seq=1e3 * inf / len(x), long_fwdbwd_s=time_it(step, warmup=1, repeats=reps)['median_s'],
+               **_fresh_costs(c, attn, dp, *long, tuple(map(tuple, x.tolist())), tuple(map(tuple, y.tolist()))))
+    out['long_mem_vs_eager'] = out['long_peak_mb'] / _fresh_costs(c, 'eager', dp, *long)['long_peak_mb']
     model.zero_grad(set_to_none=True); model.eval()
     return out
 
 # %% ../../nbs/10_attention.ipynb #c039
+ADAMW = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)  # the plan's AdamW settings but its LR
+LONG_LEN = 4096  # issue 3's goals are at this length
+
 def task_params(profile:str) -> dict:
     "Sizes for a profile (identical across arms): `full` is the table, the others change what they say."
     full = dict(
@@ -236,7 +224,7 @@ def task_params(profile:str) -> dict:
         n_layers=6,        # transformer layers (distilbert-base)
         n_heads=12,        # attention heads (distilbert-base)
         hidden_dim=3072,   # FFN width (distilbert-base)
-        max_len=4096,      # positions: covers long_len
+        max_len=LONG_LEN,  # positions: covers long_len
         seq_len=512,       # tokens per training and evaluation window, [CLS] and [SEP] included
         batch_size=32,     # windows per training step
         max_steps=20000,   # training steps
@@ -245,7 +233,7 @@ def task_params(profile:str) -> dict:
         lr=1e-4,           # AdamW peak LR (the plan's 3e-5 is for fine-tuning; from scratch needs more)
         warmup=500,        # steps of linear warm-up, then linear decay to 0
         attn_dropout=0.0,  # attention dropout: 0, so that CPU SDPA stays fused (see above)
-        long_len=4096,     # tokens per sequence of the cost step (issue 3's goals are at 4096)
+        long_len=LONG_LEN, # tokens per sequence of the cost step
         long_batch=2,      # sequences in the cost step
         repeats=5,         # timed runs per cost measurement (median), after one warm-up
         precision='auto',  # bf16 where the host has it natively (and on CUDA), else fp32
@@ -258,8 +246,6 @@ def task_params(profile:str) -> dict:
     # cost step on one sequence of 1024 tokens (full's 2 x 4096: ~20 s a step here, eager's T x T scores ~13 GB)
     dryrun = dict(full, batch_size=4, max_steps=2, n_train=8, n_eval=8, warmup=1, long_len=1024, long_batch=1, repeats=1)
     return by_profile(profile, smoke=smoke, quick=quick, full=full, dryrun=dryrun)
-
-MODEL_KEYS = ('dim', 'n_layers', 'n_heads', 'hidden_dim', 'max_len')
 
 def _eval_sets(profile:str, seq_len:int, n_eval:int|None) -> dict:
     "PTB validation and test windows masked with the fixed evaluation seed: {'val': (inputs, labels), 'test': ...}."
@@ -279,7 +265,7 @@ def fit(params:dict, # an arm of `spec`: task_params plus `attn`
     cfg = {k: p[k] for k in MODEL_KEYS}
     torch.manual_seed(seed)  # same initialisation for every arm
     model = build_mlm(cfg, p['attn'], p['attn_dropout'])
-    opt = torch.optim.AdamW(model.parameters(), lr=p['lr'], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=p['lr'], **ADAMW)
     epochs = math.ceil(p['max_steps'] / math.ceil(len(x) / p['batch_size']))
     state = train(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), opt, epochs=epochs, max_steps=p['max_steps'],
                   loss_fn=mlm_loss, callbacks=[WarmupLinear(p['lr'], p['warmup'], p['max_steps'])], precision=p['precision'])
@@ -293,8 +279,7 @@ def fit(params:dict, # an arm of `spec`: task_params plus `attn`
     out.update(unigram_test_ppl=uni['test_ppl'], ptb_test_ppl_vs_unigram=out['ptb_test_ppl'] / uni['test_ppl'],
                unigram=f"add-{uni['alpha']} unigram of the training tokens (alpha chosen on PTB validation from {UNIGRAM_ALPHAS})")
     ex, ey = evals['test']
-    out.update(cost_metrics(model, cfg, (ex[:INFER_BATCH], ey[:INFER_BATCH]), p['long_len'], p['long_batch'], p['repeats'],
-                            p['attn_dropout']))
+    out.update(cost_metrics(model, p, (ex[:INFER_BATCH], ey[:INFER_BATCH])))
     out.update(params_count=count_params(model), n_train_windows=len(x), epochs_run=state.epoch + 1,
                train_data=', '.join(f'{n}/{c}/{s}' for n, s, c in train_splits(profile)),
                loss_curve=[h[2] for h in state.history], precision_used=p['precision'])
@@ -353,38 +338,35 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
     "Blockpool attention vs fused SDPA (baseline) and elu+1 linear attention, masked LM on WikiText, scored on PTB."
     b, full = task_params(profile), task_params('full')
     arms = {a: dict(b, attn=impl) for a, impl in ARM_NAMES.items()}
-    notes = [
-        f"Model: DistilBertForMaskedLM, dim {b['dim']}, {b['n_layers']} layers, {b['n_heads']} heads, FFN {b['hidden_dim']}, "
-        f"{b['max_len']} positions, hidden dropout 0.1, attention dropout {b['attn_dropout']} (with it CPU SDPA falls back to the "
-        "T x T math kernel), trained from scratch in every profile (full: distilbert-base-uncased's shape without its weights, "
-        "which were trained for softmax attention and would favour SDPA).",
-        f"Training: {b['max_steps']} steps of batch {b['batch_size']} x {b['seq_len']} tokens, AdamW lr {b['lr']} (the plan's 3e-5 "
-        f"is for fine-tuning; rescaled for training from scratch), warm-up {b['warmup']} steps then linear decay, betas "
-        "0.9/0.999, eps 1e-8, weight decay 0.01; one initialisation for every arm, data order and training masks from the seed.",
-        f"Precision: training and the PTB scores in the policy {b['precision']!r} for the run's device (bf16 autocast on CPUs with "
-        "native bf16 and on CUDA, else fp32; recorded as precision_used), the same for every arm; cost measurements in fp32.",
+    notes = [  # the sizes are in the arms' table above: the notes say what they do not
+        "Model: DistilBertForMaskedLM (hidden dropout 0.1), trained from scratch in every profile (full: distilbert-base-uncased's "
+        "shape without its weights, which were trained for softmax attention and would favour SDPA); attn_dropout stays 0: with "
+        "attention dropout CPU SDPA falls back to the T x T math kernel.",
+        f"Training: AdamW ({', '.join(f'{k} {v}' for k, v in ADAMW.items())}, the plan's; its lr 3e-5 is for fine-tuning, rescaled "
+        "for training from scratch), linear warm-up then linear decay; one initialisation for every arm, data order and training "
+        "masks from the seed.",
+        "Precision: training and the PTB scores in the precision policy for the run's device (bf16 autocast on CPUs with native "
+        "bf16 and on CUDA, else fp32; recorded as precision_used), the same for every arm; cost measurements in fp32.",
         "Training text: smoke/quick WikiText-2 train from the Hub, else the mirror's wikitext-2-v1 validation + wikitext-2-raw-v1 "
         "test (it has no train split; '<unk>' as [UNK]); full WikiText-103 train. Stand-in where neither serves: Shakespeare "
         "(held-out plays for PTB, the others for training). The data section names what served.",
-        f"Evaluation: PTB validation and test in windows of {b['seq_len']} tokens ([CLS] + {b['seq_len'] - 2} + [SEP]), first "
-        f"{b['n_eval'] or 'all'}; {MASK_RATE:.0%} of non-special tokens set to [MASK] with seed {EVAL_MASK_SEED} for every arm "
-        "and seed; perplexity = exp(mean masked-token cross-entropy), accuracy = top-1. Training masks BERT's way (80/10/10).",
-        f"blockpool: block max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(b['seq_len'])} at T={b['seq_len']}, "
-        f"{block_size_for(b['long_len'])} at T={b['long_len']}); its backward recomputes the attention scores.",
-        f"Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions) at T={b['long_len']}, batch "
-        f"{b['long_batch']}, one warm-up then the median of {b['repeats']} timed run(s) per cell, the seeds being the repeats "
-        "(quick used 2 before spec version 2). Peak memory and FLOPs do not depend on the weights: measured once per process "
-        "and configuration on a fresh model of the arm (and of eager attention). Peak memory counts the tensors operators return "
-        "(a fused kernel's internal scratch is invisible: for CPU flash-SDPA per-thread tiles, not T x T).",
+        f"Evaluation: PTB validation and test in windows of seq_len tokens ([CLS] and [SEP] included), the first n_eval (None: all); "
+        f"{MASK_RATE:.0%} of non-special tokens set to [MASK] with seed {EVAL_MASK_SEED} for every arm and seed; perplexity = "
+        "exp(mean masked-token cross-entropy), accuracy = top-1. Training masks BERT's way (80/10/10).",
+        f"blockpool: block max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(b['seq_len'])} at seq_len, "
+        f"{block_size_for(b['long_len'])} at long_len); its backward recomputes the attention scores.",
+        "Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions) of long_batch x long_len "
+        "tokens, one warm-up then the median of `repeats` timed run(s) per cell, the seeds being the repeats (quick used 2 before "
+        "spec version 2). Peak memory and FLOPs do not depend on the weights: measured once per process and configuration on a "
+        "fresh model of the arm (and of eager attention), counting the tensors operators return (a fused kernel's internal "
+        "scratch is invisible: for CPU flash-SDPA per-thread tiles, not T x T).",
         f"Gate of every perplexity claim (else 'uninformative'): {QUALITY_GATE.text}. Unigram model: add-alpha token frequencies "
         f"of the training windows, alpha from {UNIGRAM_ALPHAS} chosen on PTB validation, scored on the same masked PTB test "
         "positions; a model that learnt only frequencies predicts one token everywhere and scores near 1x.",
         "Primary claims (the plan's hypotheses): " + ', '.join(c.id for c in _claims() if c.family == 'primary') +
         "; the others are exploratory. The sequence-length sweep is bench/attention.py's saved output, shown with its date.",
-    ] + ([f"dryrun: full's model and seq_len on {b['n_train']} windows ({b['max_steps']} steps of batch {b['batch_size']}), "
-          f"{b['n_eval']} evaluation windows, the cost step on {b['long_batch']} x {b['long_len']} tokens (full: "
-          f"{full['long_batch']} x {full['long_len']}); checks the code path and memory estimates, its numbers mean nothing."]
-         if profile == 'dryrun' else [])
+    ] + ([f"dryrun: full's model and seq_len on a few windows and steps and a shorter cost step (full's: {full['long_batch']} x "
+          f"{full['long_len']}); checks the code path and memory estimates, its numbers mean nothing."] if profile == 'dryrun' else [])
     datasets = [*train_splits(profile), ('ptb_text_only', 'validation', None), ('ptb_text_only', 'test', None)]
     return Spec('attention', 'Does a lightweight attention (block-local + pooled far field) keep a small masked LM\'s quality while '
                 'cutting time and memory against fused SDPA?', arms, 'sdpa', METRICS, _claims(), fit,
@@ -392,85 +374,36 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
                 tradeoff=('long_fwdbwd_s', 'ptb_test_ppl'))
 
 # %% ../../nbs/10_attention.ipynb #c046
-def sweep_path() -> Path:
-    "Where bench/attention.py saves its sequence-length sweep (under the result store); `approx_path` beside it."
-    return Store().root/'attention'/'bench'/'sweep.json'
+def bench_path(name:str) -> Path:
+    "Where bench/attention.py saves `name` ('sweep': the sequence-length sweep, 'approx': approximation errors) for the report."
+    return Store().root/'attention'/'bench'/f'{name}.json'
 
-def approx_path() -> Path: return sweep_path().with_name('approx.json')  # bench/attention.py's approximation errors
-
-def crossover(rows:list[dict], # sweep rows: T, arm and the measured keys
-              arm:str, # the arm that should win
-              vs:str='sdpa', # the arm it should beat
-              key:str='fwdbwd_s', # the measurement compared (lower wins)
-              margin:float=0.0, # relative: win by more than this
-             ) -> int|None:
-    "The smallest swept length from which `arm` beats `vs` (by more than `margin`, relative) at every longer length."
-    t = pd.DataFrame(rows).pivot_table(index='T', columns='arm', values=key).dropna(subset=[arm, vs])
-    wins = (t[arm] < t[vs] * (1 - margin)).to_numpy()
-    return next((int(t.index[i]) for i in range(len(wins)) if wins[i:].all()), None)
-
-SWEEP_KEYS = {'fwd_s': 'forward', 'fwdbwd_s': 'fwd+bwd', 'peak_mb': 'fwd+bwd peak',  # a sweep row's measurements
-              'enc_peak_mb': 'encoder-only fwd+bwd peak'}  # the same without the 30k-vocab MLM head
-
-def sweep_table(rows:list[dict]) -> pd.DataFrame:
-    "One row per (T, arm): fwd+bwd seconds, each measurement over SDPA's, and the peaks over eager attention's."
-    df = pd.DataFrame(rows).set_index(['T', 'arm'])
-    keys, arms = [k for k in SWEEP_KEYS if k in df], set(df.index.get_level_values('arm'))
-    out = df[['fwdbwd_s']].round(4).rename(columns={'fwdbwd_s': 'fwd+bwd s'})
-    for vs, ks in (('sdpa', keys), ('eager', [k for k in keys if 'peak' in k])):
-        if vs in arms: out = out.join(df[ks].div(df.xs(vs, level='arm')[ks], level='T').round(3).rename(columns=lambda k: f'{SWEEP_KEYS[k]} / {vs}'))
-    return out.reset_index()
-
-def sweep_figure(rows:list[dict]):
-    "Log-log panels of every measurement against T, one line per arm; dashed: blockpool's crossover against SDPA."
-    from matplotlib.figure import Figure
-    df = pd.DataFrame(rows); keys = [k for k in SWEEP_KEYS if k in df]
-    fig = Figure(figsize=(4.3 * len(keys), 3.6))
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        df.pivot_table(index='T', columns='arm', values=key).plot(ax=ax, marker='o', logy=True, legend=i == 0, grid=True, xlabel='T')
-        if (x := crossover(rows, 'blockpool', key=key)): ax.axvline(x, color='grey', ls='--', lw=1)
-        ax.set_xscale('log', base=2); ax.set_title(f"{SWEEP_KEYS[key]} ({'s' if key.endswith('_s') else 'MB'})", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _sweep_section(long_len:int) -> tuple[str, str]:
-    "bench/attention.py's saved sequence-length sweep: caption, crossovers, the claims' goals at `long_len`, figure, table."
-    title, p = 'Sequence-length sweep (benchmark)', sweep_path()
-    if not p.exists(): return (title, f'<p>No saved sweep at <code>{esc(p)}</code>: run <code>python bench/attention.py</code> '
-                                      '(under <code>flock /tmp/lwstudy-cpu.lock</code>) and re-render.</p>')
-    sw = json.loads(p.read_text()); rows = sw['rows']
-    x = lambda key, margin=0.0: '{} (elu+1 linear: {})'.format(*(crossover(rows, a, key=key, margin=margin) for a in ('blockpool', 'linear')))
-    t = sweep_table(rows).set_index(['T', 'arm'])
-    cl, at = {c.id: c for c in _claims()}, t.loc[(long_len, 'blockpool')] if (long_len, 'blockpool') in t.index else None
-    goals = '' if at is None else f"<p>The claims' goals at T={long_len} in this sweep: " + '; '.join(
-        f"blockpool {what} {at[col]:g} (goal &lt; {cl[cid].threshold:g})" for what, col, cid in (
-            ('fwd+bwd / SDPA', 'fwd+bwd / sdpa', 'time-4096'), ('peak memory / SDPA', 'fwd+bwd peak / sdpa', 'mem-4096'),
-            ('peak memory / eager', 'fwd+bwd peak / eager', 'mem-eager')) if pd.notna(at.get(col))) + '.</p>'
-    dev = float((t.xs('blockpool', level='arm')['fwd+bwd peak / sdpa'] - 1).abs().max())
+def _sweep_html(sw:dict) -> str:
+    "bench/attention.py's saved sweep: caption with its crossovers and the claims' goals, figure, ratio table, RSS cross-check."
+    xo, cl, m, dev = sw['crossover'], {c.id: c for c in _claims()}, sw['margins']['peak_mb'], sw['peak_dev_vs_sdpa']
+    x = lambda key: f"{esc(str(xo[key]['blockpool']))} (elu+1 linear: {esc(str(xo[key]['linear']))})"  # None: no crossover
+    goals = (f"<p>The claims' goals at T={esc(sw['goals_T'])} in this sweep: " + '; '.join(f"blockpool {esc(g['what'])} {g['value']:g} "
+             f"(goal &lt; {cl[g['claim']].threshold:g})" for g in sw['goals']) + '.</p>') if sw['goals'] else ''
     goals += (f"<p>Blockpool's and SDPA's whole-model peaks differ by at most {100 * dev:.2f}% at any swept length" + (
         ": both stay at the floor set by the activations outside attention (fused SDPA never holds T x T either), so blockpool "
-        "has no memory advantage over SDPA here, only over eager attention.</p>" if dev < 0.01 else '.</p>'))
+        "has no memory advantage over SDPA here, only over eager attention.</p>" if dev < m else '.</p>'))
     rss = ('<p>Cross-check: peak RSS growth of a fresh process running one fwd+bwd step (includes allocator slack and any '
            'scratch inside fused kernels):</p>' + html_table(pd.DataFrame(sw['rss']))) if sw.get('rss') else ''
-    return (title, f"<p class='muted'>Saved output of <code>bench/attention.py</code> measured {esc(sw['measured'])} on "
+    fig = sweep_figure(sw['rows'], 'T', list(sw['titles']), 'arm', titles=sw['titles'], logx=2, logy=True,
+                       marks={k: v['blockpool'] for k, v in xo.items()})
+    return (f"<p class='muted'>Saved output of <code>bench/attention.py</code> measured {esc(sw['measured'])} on "
         f"{esc(sw['device'])} (commit {esc(sw['git_commit'])}; 1-min load average {esc(sw.get('load_avg_1min'))} at start/end on "
         f"{esc(sw.get('cpus', '?'))} CPUs: above about 1 per CPU, other work shared it), not recomputed by this run. Model: "
         f"{esc(sw['model'])}; batch {esc(sw['batch'])}; one training step (fwd+bwd) and one eval forward per point, median of "
         f"{esc(sw['repeats'])}. 'encoder only': the same step without the MLM head, whose vocabulary-wide logits dominate the "
         f"whole model's memory at these sizes. Crossover (dashed), the shortest length from which blockpool beats SDPA at every "
-        f"longer length: fwd+bwd {x('fwdbwd_s')}; peak memory more than 1% below SDPA's, whole model {x('peak_mb', 0.01)}"
-        + (f", encoder only {x('enc_peak_mb', 0.01)}" if 'enc_peak_mb' in rows[0] else '') + "; None: no such length in the "
-        "sweep.</p>" + goals + fig_to_img(sweep_figure(rows)) + html_table(t.reset_index()) + rss)
+        f"longer length: fwd+bwd {x('fwdbwd_s')}; peak memory more than {m:.0%} below SDPA's, whole model {x('peak_mb')}"
+        + (f", encoder only {x('enc_peak_mb')}" if 'enc_peak_mb' in xo else '') + "; None: no such length in the sweep.</p>"
+        + goals + fig_to_img(fig) + html_table(pd.DataFrame(sw['table'])) + rss)
 
-def _approx_section() -> tuple[str, str]:
-    "The approximation errors bench/attention.py saved, or how to produce them."
-    title, p = 'Approximation error on real activations', approx_path()
-    if not p.exists(): return (title, f'<p>No saved approximation errors at <code>{esc(p)}</code>: run <code>python '
-                                      'bench/attention.py --approx-only</code> and re-render (the report never computes).</p>')
-    a = json.loads(p.read_text())
-    return (title, f"<p>Queries, keys and values of all {esc(a['layers'])} layers x {esc(a['heads'])} heads of the pretrained "
+def _approx_html(a:dict) -> str:
+    "bench/attention.py's saved approximation errors on real activations, with what they were measured on."
+    return (f"<p>Queries, keys and values of all {esc(a['layers'])} layers x {esc(a['heads'])} heads of the pretrained "
         f"all-MiniLM-L6-v2 on {esc(a['n_seqs'])} window(s) of {esc(a['T'])} tokens of WikiText-2 test ({esc(a['source'])}); relative "
         "error ||approx - exact|| / ||exact|| of the attention output, mean/min/max over layers. 'local only' drops the pooled far "
         f"field; 'uniform' gives every query the mean value. Saved by <code>bench/attention.py</code> {esc(a.get('measured', '?'))} "
@@ -494,8 +427,12 @@ def sections(records:list[dict], # the runner's records of this experiment
              table:pd.DataFrame, # its long table (unused: all comes from the records and bench's saved output)
             ) -> list[tuple[str, str]]:
     "Sweep and approximation errors (bench/attention.py's saved output), quality against the unigram model, training curves."
-    long_len = records[0]['params']['long_len'] if records else task_params('quick')['long_len']
-    out = [_sweep_section(long_len), _approx_section()] + ([q] if (q := _quality_section(records)) else [])
+    run = 'run <code>python bench/attention.py{}</code> (under <code>flock /tmp/lwstudy-cpu.lock</code>) and re-render.'.format
+    out = [('Sequence-length sweep (benchmark)', bench_section(bench_path('sweep'), _sweep_html, run('') + ' An older save without '
+            'its table, crossovers and goals: <code>python bench/attention.py --resave</code> (measures nothing).',
+            needs=('rows', 'table', 'crossover', 'goals'))),
+           ('Approximation error on real activations', bench_section(bench_path('approx'), _approx_html, run(' --approx-only')))]
+    if (q := _quality_section(records)): out.append(q)
     if any(r['series'].get('loss_curve') for r in records):
         out.append(('Training curves', fig_to_img(seed_curves(records, 'loss_curve', ylabel='training MLM loss').figure)))
     return out
