@@ -226,7 +226,8 @@ def main(argv=None):
     sm = summary(rows, long_len)
     print(pd.DataFrame(sm['table']).to_string(index=False))
     for arm in ('blockpool', 'linear'):
-        print(f'crossover {arm} vs sdpa: ' + ', '.join(f"{SWEEP_KEYS[k]} (>{m:.0%} below) {sm['crossover'][k][arm]}" for k, m in sm['margins'].items()))
+        print(f'crossover {arm} vs sdpa: ' + ', '.join(f"{SWEEP_KEYS[k]}{f' (>{m:.0%} below)' if m else ''} {sm['crossover'][k][arm]}"
+                                                 for k, m in sm['margins'].items()))
     if rss_rows:
         print('\nPeak RSS growth of a fresh process, one fwd+bwd step:')
         rt = pd.DataFrame(rss_rows); print(rt.to_string(index=False))
