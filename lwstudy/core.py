@@ -14,7 +14,8 @@ import torch
 __all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice', 'by_profile',
            'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device', 'param_hash',
            'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable', 'cache_path',
-           'disk_cached', 'git_commit', 'package_versions', 'native_bf16', 'device_name', 'environment']
+           'disk_cached', 'git_commit', 'package_versions', 'native_bf16', 'device_name', 'environment',
+           'parallel_imap']
 
 # %% ../nbs/00_core.ipynb #c005
 class BadInput(ValueError):
@@ -227,3 +228,30 @@ def environment(device:str='cpu') -> dict:
     return dict(git_commit=git_commit(), python=platform.python_version(), platform=platform.platform(),
                 host=platform.node(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), native_bf16=native_bf16(),
                 device=device, device_name=device_name(device), versions=package_versions())
+
+# %% ../nbs/00_core.ipynb #c024q
+_WORKER_SHARED = None  # the `shared` value inside a worker process of `parallel_imap`
+
+def _worker_init(shared, threads:int):
+    global _WORKER_SHARED
+    _WORKER_SHARED = shared; torch.set_num_threads(threads)
+
+def _worker_call(fn, item): return fn(_WORKER_SHARED, item)
+
+def parallel_imap(fn, # fn(shared, item), a module-level (picklable) function
+                  items:list, # the jobs
+                  shared=None, # sent once to each worker
+                  workers:int|None=None, # processes; None: `torch.get_num_threads()`; <= 1: in this process, in order
+                  threads:int=1, # torch threads inside each worker
+                 ):
+    "Yield `fn(shared, item)` for `items` in order, computed in `workers` processes."
+    workers = min(len(items), workers or torch.get_num_threads())
+    if workers <= 1:
+        yield from (fn(shared, x) for x in items); return
+    import concurrent.futures as cf, multiprocessing as mp
+    ctx = mp.get_context('fork' if sys.platform == 'linux' else 'spawn')  # fork: no re-import, `shared` inherited
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(shared, threads)) as pool:
+        futures = [pool.submit(_worker_call, fn, x) for x in items]
+        try: yield from (f.result() for f in futures)
+        finally:
+            for f in futures: f.cancel()  # interrupted or failed: drop what has not started

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import torch
 from torch import nn
-from ..core import BadInput, by_profile, check_choice, current_device, disk_cached
+from ..core import BadInput, by_profile, cache_path, check_choice, current_device, disk_cached, parallel_imap
 from ..data import dataset_info, load, scale_to_available, split_frame, take
 from ..models import HUB_CONFIGS, bert_tokenizer, from_config_or_pretrained, load_pretrained, masked_mean_pool
 from ..runner import Claim, Gate, Metric, Spec, gate_mean
@@ -239,21 +239,28 @@ def evaluate_finetune(task:str, cfg:dict, # a name in `TASKS`; one configuration
 
 # %% ../../nbs/20_metabo.ipynb #c018
 TABLE_VERSION = 2  # 2: train.WarmupLinear (the first warm-up step at peak/warmup; transformers' schedule spent it at 0)
+def _timed(evaluate, cfg:dict) -> dict: # configuration -> scores; one configuration
+    t0 = time.perf_counter(); res = evaluate(cfg)
+    return dict(res, eval_s=time.perf_counter() - t0)
+
+def _timed_head(feats:dict, job:tuple) -> dict: return _timed(lambda cfg: evaluate_head(feats, cfg, job[1]), job[0])  # job: (cfg, hidden)
+
 def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm (space, sizes, fidelity, model); the profile
                 feats:dict, evaluator=None) -> dict: # the task's `task_features`; configuration -> scores (default: the fidelity's)
-    "The evaluation table of `task` over `params`' grid: index tuple -> scores; computes only what is not on disk yet."
-    space, sizes, head = params['space'], params['sizes'], params['fidelity'] == 'head'
-    evaluator = evaluator or ((lambda cfg: evaluate_head(feats, cfg, sizes['hidden'])) if head else
-                              (lambda cfg: evaluate_finetune(task, cfg, sizes, profile, params['model'])))
-    computed = []
-    def timed(idx):
-        computed.append(idx); t0 = time.perf_counter(); res = evaluator(config_of(space, idx))
-        return dict(res, eval_s=time.perf_counter() - t0)
+    "The evaluation table of `task` over `params`' grid: index tuple -> scores; computes only what is not on disk yet (heads one per core)."
+    space, sizes, head, tag = params['space'], params['sizes'], params['fidelity'] == 'head', f'{task}_eval'
+    evaluate = evaluator or ((lambda cfg: evaluate_head(feats, cfg, sizes['hidden'])) if head else
+                             (lambda cfg: evaluate_finetune(task, cfg, sizes, profile, params['model'])))
     keys = {i: dict(task=task, source=feats['source'], space=space, sizes=sizes, fidelity=params['fidelity'], model=params['model'],
                     idx=list(i), version=TABLE_VERSION) for i in grid_indices(space)}
-    rows = {i: disk_cached('metabo', k, lambda: timed(i), tag=f'{task}_eval') for i, k in keys.items()}
+    todo = [i for i, k in keys.items() if not cache_path('metabo', k, tag).exists()]
+    fresh = (parallel_imap(_timed_head, [(config_of(space, i), sizes['hidden']) for i in todo], shared=feats) if head and not evaluator
+             else (_timed(evaluate, config_of(space, i)) for i in todo))  # single-threaded heads run one per core (`core.parallel_imap`)
+    for i, res in zip(todo, fresh): disk_cached('metabo', keys[i], lambda: res, tag)  # stored as each finishes
+    def recompute(i): todo.append(i); return _timed(evaluate, config_of(space, i))  # a file `disk_cached` found unreadable
+    rows = {i: disk_cached('metabo', k, lambda: recompute(i), tag) for i, k in keys.items()}
     feature_s = float(feats['feature_s']) if head else 0.0  # the features feed the head; in `full` only the meta-features
-    return dict(task=task, rows=rows, source=feats['source'], feature_s=feature_s, computed_now=len(computed),
+    return dict(task=task, rows=rows, source=feats['source'], feature_s=feature_s, computed_now=len(todo),
                 build_s=feature_s + sum(r['eval_s'] for r in rows.values()))
 
 # %% ../../nbs/20_metabo.ipynb #c033
