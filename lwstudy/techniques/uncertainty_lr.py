@@ -19,8 +19,8 @@ from ..train import Callback, CosineWarmup, FixedLR, PlateauLR, Scheduler, ValTr
 
 # %% auto #0
 __all__ = ['RULE', 'SCHEDULES', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX',
-           'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'make_scheduler',
-           'EntropyMonitor', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
+           'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'EntropyMonitor',
+           'make_scheduler', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
            'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
@@ -77,6 +77,13 @@ class UncertaintyLR(Scheduler):
         if self.mode == 'adaptive': self.ref = u if self.ref is None else self.beta * self.ref + (1 - self.beta) * u
         self.trace.append((state.step, u, half, ref, state.lr, action))
 
+class EntropyMonitor(Callback):
+    "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
+    def __init__(self, every:int): self.every, self.buf, self.trace = every, [], []
+    def after_step(self, state):
+        self.buf.append(batch_entropy(state.logits))
+        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
+
 # %% ../../nbs/50_uncertainty_lr.ipynb #c024
 SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
 SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
@@ -99,13 +106,6 @@ def make_scheduler(name:str, # one of `SCHEDULES`
     if name == 'uncertainty': return UncertaintyLR(every=every, **kw)
     if name == 'cosine': return CosineWarmup(total_steps, **kw)
     return PlateauLR(**kw)
-
-class EntropyMonitor(Callback):
-    "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
-    def __init__(self, every:int): self.every, self.buf, self.trace = every, [], []
-    def after_step(self, state):
-        self.buf.append(batch_entropy(state.logits))
-        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
 def run_schedule(model, # the model to train (in place)
