@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #c002
 from __future__ import annotations
-import contextlib, time
+import contextlib, math, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -17,7 +17,8 @@ from .measure import sync
 # %% auto #0
 __all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
            'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer', 'train',
-           'WarmupLinear', 'predict', 'classification_scores', 'evaluate']
+           'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup', 'PlateauLR', 'ValTracker', 'predict',
+           'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -199,6 +200,13 @@ def _bar(progress, total):
     return tqdm(total=total, desc='train', leave=False)
 
 # %% ../nbs/03_train.ipynb #c008t
+def warmup_lr(peak_lr:float, # the learning rate at the end of the warm-up
+              step:int, # 0-based step, below `warmup`
+              warmup:int, # warm-up steps
+             ) -> float:
+    "Linear warm-up: the first update already at `peak_lr / warmup`, never a zero-LR step."
+    return peak_lr * (step + 1) / warmup
+
 class WarmupLinear(Callback):
     "Linear warm-up to `peak_lr` over `warmup` steps, then linear decay to 0 at `total` steps."
     def __init__(self, peak_lr:float, # the learning rate at the end of the warm-up
@@ -206,10 +214,77 @@ class WarmupLinear(Callback):
                  total:int, # the step at which the rate reaches 0
                 ): self.peak_lr, self.warmup, self.total = peak_lr, warmup, total
     def lr_at(self, step:int) -> float:
-        if step < self.warmup: return self.peak_lr * (step + 1) / self.warmup
+        if step < self.warmup: return warmup_lr(self.peak_lr, step, self.warmup)
         return self.peak_lr * max(0.0, (self.total - step) / max(1, self.total - self.warmup))
     def before_fit(self, state): state.set_lr(self.lr_at(0))
     def after_step(self, state): state.set_lr(self.lr_at(state.step))
+
+# %% ../nbs/03_train.ipynb #c008w
+class Scheduler(Callback):
+    "Base of LR schedules that time their own work (`overhead_s`) and record the LR after every step (`lr_trace`)."
+    def __init__(self): self.overhead_s, self.lr_trace = 0.0, []
+    def _timed(self, f, *a):
+        t0 = time.perf_counter(); f(*a); self.overhead_s += time.perf_counter() - t0
+    def before_fit(self, state): self.lr0 = state.lr; self._timed(self.start, state)
+    def after_step(self, state): self._timed(self.step, state); self.lr_trace.append((state.step, state.lr))
+    def on_eval(self, state, val_loss:float): self._timed(self.eval_step, state, val_loss)  # called by `ValTracker`
+    def start(self, state): pass
+    def step(self, state): pass
+    def eval_step(self, state, val_loss): pass
+
+class FixedLR(Scheduler):
+    "The LR never changes."
+
+class CosineWarmup(Scheduler):
+    "Linear warm-up over `warmup_frac` of `total_steps`, then cosine decay to `lr_min_frac` x peak (the peak: the LR at the start)."
+    def __init__(self, total_steps:int, # the budget (steps)
+                 warmup_frac:float=0.1, # fraction of the budget spent warming up
+                 lr_min_frac:float=0.0, # the floor, a fraction of the peak
+                ): super().__init__(); self.total, self.warm, self.floor = total_steps, max(1, round(warmup_frac * total_steps)), lr_min_frac
+    def lr_at(self, s:int) -> float:
+        "LR for 0-based step `s`."
+        if s < self.warm: return warmup_lr(self.lr0, s, self.warm)
+        frac = min(1.0, (s - self.warm) / max(1, self.total - self.warm))
+        return self.lr0 * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+    def start(self, state): state.set_lr(self.lr_at(0))
+    def step(self, state): state.set_lr(self.lr_at(state.step))
+
+class PlateauLR(Scheduler):
+    "`torch.optim.lr_scheduler.ReduceLROnPlateau` stepped on each validation loss."
+    def __init__(self, factor:float=0.5, # LR multiplier on a plateau
+                 patience:int=1, # validation passes without improvement before a cut
+                 lr_min_frac:float=0.01, # the floor, a fraction of the initial LR
+                ): super().__init__(); self.factor, self.patience, self.lr_min_frac = factor, patience, lr_min_frac
+    def start(self, state):
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(state.opt, 'min', factor=self.factor, patience=self.patience,
+                                                                min_lr=state.lr * self.lr_min_frac)
+    def eval_step(self, state, val_loss): self.sched.step(val_loss)
+
+# %% ../nbs/03_train.ipynb #c008z
+class ValTracker(Callback):
+    "Validation score every `eval_every` steps; first step reaching `target`; eval time kept apart."
+    def __init__(self, evaluate_fn, # model -> dict with the `score` entry (higher is better) and 'loss', e.g. `evaluate` on a loader
+                 eval_every:int, # steps between passes (and one after the last step)
+                 target:float, # the score whose first crossing is "steps to target"
+                 budget:int, # the training steps; a miss is recorded as budget + 1
+                 schedulers=(), # `Scheduler`s told each validation loss (`on_eval`)
+                 score:str='accuracy', # the entry of `evaluate_fn`'s dict that is the score
+                ):
+        self.evaluate_fn, self.every, self.target, self.budget, self.schedulers = evaluate_fn, eval_every, target, budget, schedulers
+        self.score, self.curve, self.hit, self.eval_s = score, [], None, 0.0  # eval_s: validation time inside the training loop
+    def _eval(self, state, in_loop=True):
+        t0 = time.perf_counter()
+        s = self.evaluate_fn(state.model); state.model.train()
+        if in_loop: self.eval_s += time.perf_counter() - t0
+        self.curve.append((state.step, s[self.score], s['loss']))
+        if self.hit is None and s[self.score] >= self.target: self.hit = state.step
+        for sch in self.schedulers: sch.on_eval(state, s['loss'])
+    def after_step(self, state):
+        if state.step % self.every == 0: self._eval(state)
+    def after_fit(self, state):
+        if not self.curve or self.curve[-1][0] != state.step: self._eval(state, in_loop=False)  # after train_s was taken
+    @property
+    def steps_to_target(self) -> int: return self.hit if self.hit is not None else self.budget + 1
 
 # %% ../nbs/03_train.ipynb #c010
 @torch.no_grad()

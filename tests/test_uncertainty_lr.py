@@ -1,7 +1,8 @@
 """uncertainty_lr across modules: a smoke study to a report and its resume, the stand-in path, data checks, the dryrun cell.
 
-The entropy, the rule, the schedules, censoring, the SQuAD scores, the spec and the report sections are checked beside
-their definitions in nbs/50_uncertainty_lr.ipynb."""
+The entropy, the rule, the spec and the report sections are checked beside their definitions in nbs/50_uncertainty_lr.ipynb;
+the schedules and censoring (train.ValTracker) in nbs/03_train.ipynb; the frozen-lower classifier and the SQuAD pieces in
+nbs/04b_text.ipynb."""
 import pytest
 
 from lwstudy.techniques import uncertainty_lr as ulr

@@ -4,26 +4,24 @@
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c002
 from __future__ import annotations
-import copy, functools, math, re, string, time
+import functools, math
 from collections import Counter
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from scipy import stats as sps
 from ..core import PROFILES, BadInput, check_choice, current_device, disk_cached
 from ..data import image_tensors, load, scale_to_available, take
-from ..models import bert_tokenizer, count_params, from_config_or_pretrained, masked_mean_pool, pretrained_path, resnet18
+from ..models import bert_tokenizer, count_params, from_config_or_pretrained, pretrained_path, resnet18
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
-from ..train import Callback, evaluate, make_loader, resolve_precision, train
+from ..text import FrozenLowerClassifier, TopClassifier, lower_states, qa_loss, squad_features, squad_frames, squad_scores, text_forward, text_loss
+from ..train import Callback, CosineWarmup, FixedLR, PlateauLR, Scheduler, ValTracker, evaluate, make_loader, resolve_precision, train
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'ENTROPY_THRESHOLD', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
-           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'Scheduler', 'FixedLR',
-           'UncertaintyLR', 'CosineWarmup', 'PlateauLR', 'ValTracker', 'make_scheduler', 'EntropyMonitor',
-           'run_schedule', 'run_settings', 'cifar_task', 'lower_states', 'TopClassifier', 'FrozenLowerClassifier',
-           'imdb_task', 'squad_em_f1', 'squad_features', 'squad_predict', 'squad_scores', 'squad_frames', 'squad_task',
-           'task_params', 'fit', 'rule_gate', 'spec', 'sections']
+__all__ = ['RULE', 'SCHEDULES', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX',
+           'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'EntropyMonitor',
+           'make_scheduler', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
+           'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
 def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over the last dimension
@@ -35,29 +33,20 @@ def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over th
     return h / math.log(logits.shape[-1]) if normalise else h
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c010
-class Scheduler(Callback):
-    "Base of the LR schedules compared here: times its own work (`overhead_s`) and records the LR after every step."
-    def __init__(self): self.overhead_s, self.lr_trace = 0.0, []
-    def _timed(self, f, *a):
-        t0 = time.perf_counter(); f(*a); self.overhead_s += time.perf_counter() - t0
-    def before_fit(self, state): self.lr0 = state.lr; self._timed(self.start, state)
-    def after_step(self, state): self._timed(self.step, state); self.lr_trace.append((state.step, state.lr))
-    def on_eval(self, state, val_loss:float): self._timed(self.eval_step, state, val_loss)  # called by `ValTracker`
-    def start(self, state): pass
-    def step(self, state): pass
-    def eval_step(self, state, val_loss): pass
-
-class FixedLR(Scheduler):
-    "The plan's baseline: the LR never changes."
+RULE = dict(  # the experiment's rule (the uncertainty arm's `schedule_kw`: in its params, so changing one recomputes the arm)
+    mode='absolute', # a fixed threshold (the plan's "if entropy > threshold")
+    threshold=0.5,   # fraction of log K: half the maximum entropy; fixed a priori, the same for every task and profile
+    factor=0.9,      # the plan: "reduce learning rate by 10%"; recovery divides by it
+    lr_min_frac=0.01)  # floor: 1% of the initial LR
 
 class UncertaintyLR(Scheduler):
     "Every `every` steps compare the window's mean normalised entropy with a threshold and scale the LR by `factor` or 1/`factor`."
-    def __init__(self, every:int=10, # steps per window (the plan: 10)
-                 factor:float=0.9, # multiplicative cut (the plan: reduce by 10%)
-                 mode:str='absolute', # 'absolute' (fixed threshold; the experiment) or 'adaptive' (threshold = EMA of past windows)
-                 threshold:float=0.5, # absolute mode: threshold as a fraction of log K (0.5: half the maximum entropy)
+    def __init__(self, every:int, # steps per window (the plan: 10)
+                 factor:float=RULE['factor'], # multiplicative cut
+                 mode:str=RULE['mode'], # 'absolute' (fixed threshold; the experiment) or 'adaptive' (threshold = EMA of past windows)
+                 threshold:float=RULE['threshold'], # absolute mode: threshold as a fraction of log K
                  beta:float=0.8, # adaptive mode: weight of the past in the EMA
-                 lr_min_frac:float=0.01, # floor as a fraction of the initial LR
+                 lr_min_frac:float=RULE['lr_min_frac'], # floor as a fraction of the initial LR
                  recover:bool=True, # raise the LR (up to the initial one) when confidence rises beyond the CI
                  entropy_fn=batch_entropy, # logits -> normalised entropy
                 ):
@@ -88,83 +77,6 @@ class UncertaintyLR(Scheduler):
         if self.mode == 'adaptive': self.ref = u if self.ref is None else self.beta * self.ref + (1 - self.beta) * u
         self.trace.append((state.step, u, half, ref, state.lr, action))
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c020
-class CosineWarmup(Scheduler):
-    "Linear warmup over `warmup_frac` of `total_steps`, then cosine decay to `lr_min_frac` x peak."
-    def __init__(self, total_steps:int, # the budget (steps)
-                 warmup_frac:float=0.1, # fraction of the budget spent warming up
-                 lr_min_frac:float=0.0, # the floor, a fraction of the peak
-                ): super().__init__(); self.total, self.warm, self.floor = total_steps, max(1, round(warmup_frac * total_steps)), lr_min_frac
-    def lr_at(self, s:int) -> float:
-        "LR for 0-based step `s`."
-        if s < self.warm: return self.lr0 * (s + 1) / self.warm
-        frac = min(1.0, (s - self.warm) / max(1, self.total - self.warm))
-        return self.lr0 * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * frac)))
-    def start(self, state): state.set_lr(self.lr_at(0))
-    def step(self, state): state.set_lr(self.lr_at(state.step))
-
-class PlateauLR(Scheduler):
-    "`torch.optim.lr_scheduler.ReduceLROnPlateau` stepped on each validation loss."
-    def __init__(self, factor:float=0.5, # LR multiplier on a plateau
-                 patience:int=1, # validation passes without improvement before a cut
-                 lr_min_frac:float=0.01, # the floor, a fraction of the initial LR
-                ): super().__init__(); self.factor, self.patience, self.lr_min_frac = factor, patience, lr_min_frac
-    def start(self, state):
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(state.opt, 'min', factor=self.factor, patience=self.patience,
-                                                                min_lr=state.lr * self.lr_min_frac)
-    def eval_step(self, state, val_loss): self.sched.step(val_loss)
-
-# %% ../../nbs/50_uncertainty_lr.ipynb #c024
-class ValTracker(Callback):
-    "Validation score every `eval_every` steps; first step reaching `target`; eval time kept apart."
-    def __init__(self, evaluate_fn, # model -> dict with 'score' (higher is better) and 'loss'
-                 eval_every:int, # steps between passes (and one after the last step)
-                 target:float, # the score whose first crossing is "steps to target"
-                 budget:int, # the training steps; a miss is recorded as budget + 1
-                 schedulers=(), # `Scheduler`s told each validation loss (`on_eval`)
-                ):
-        self.evaluate_fn, self.every, self.target, self.budget, self.schedulers = evaluate_fn, eval_every, target, budget, schedulers
-        self.curve, self.hit, self.eval_s = [], None, 0.0  # eval_s: validation time inside the training loop
-    def _eval(self, state, in_loop=True):
-        t0 = time.perf_counter()
-        s = self.evaluate_fn(state.model); state.model.train()
-        if in_loop: self.eval_s += time.perf_counter() - t0
-        self.curve.append((state.step, s['score'], s['loss']))
-        if self.hit is None and s['score'] >= self.target: self.hit = state.step
-        for sch in self.schedulers: sch.on_eval(state, s['loss'])
-    def after_step(self, state):
-        if state.step % self.every == 0: self._eval(state)
-    def after_fit(self, state):
-        if not self.curve or self.curve[-1][0] != state.step: self._eval(state, in_loop=False)  # after train_s was taken
-    @property
-    def steps_to_target(self) -> int: return self.hit if self.hit is not None else self.budget + 1
-
-SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
-ENTROPY_THRESHOLD = 0.5  # half the maximum entropy log K; fixed a priori, the same for every task and profile
-SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
-    fixed=dict(),
-    uncertainty=dict(mode='absolute', # a fixed threshold (the plan's "if entropy > threshold")
-                     threshold=ENTROPY_THRESHOLD, # fraction of log K
-                     factor=0.9, # the plan: "reduce learning rate by 10%"; recovery divides by it
-                     lr_min_frac=0.01), # floor: 1% of the initial LR
-    cosine=dict(warmup_frac=0.1, # linear warmup over the first 10% of the steps
-                lr_min_frac=0.0), # decays to 0
-    plateau=dict(factor=0.5, patience=1, # torch ReduceLROnPlateau: halve after 1 validation pass without improvement
-                 lr_min_frac=0.01))
-
-def make_scheduler(name:str, # one of `SCHEDULES`
-                   total_steps:int, # the training budget (cosine's length)
-                   every:int=10, # the uncertainty rule's window (steps)
-                   kw:dict|None=None, # the schedule's settings; default `SCHEDULE_KW[name]`
-                  ) -> Scheduler:
-    "One of `SCHEDULES`, configured by `kw` (the experiment's: `SCHEDULE_KW`)."
-    check_choice('schedule', name, SCHEDULES)
-    kw = SCHEDULE_KW[name] if kw is None else kw
-    if name == 'fixed': return FixedLR()
-    if name == 'uncertainty': return UncertaintyLR(every=every, **kw)
-    if name == 'cosine': return CosineWarmup(total_steps, **kw)
-    return PlateauLR(**kw)
-
 class EntropyMonitor(Callback):
     "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
     def __init__(self, every:int): self.every, self.buf, self.trace = every, [], []
@@ -172,17 +84,41 @@ class EntropyMonitor(Callback):
         self.buf.append(batch_entropy(state.logits))
         if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
 
+# %% ../../nbs/50_uncertainty_lr.ipynb #c024
+SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
+SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
+    fixed=dict(),
+    uncertainty=RULE,
+    cosine=dict(warmup_frac=0.1, # linear warmup over the first 10% of the steps
+                lr_min_frac=0.0), # decays to 0
+    plateau=dict(factor=0.5, patience=1, # torch ReduceLROnPlateau: halve after 1 validation pass without improvement
+                 lr_min_frac=0.01))
+
+def make_scheduler(name:str, # one of `SCHEDULES`
+                   total_steps:int, # the training budget (cosine's length)
+                   every:int, # the uncertainty rule's window (steps)
+                   kw:dict|None=None, # the schedule's settings; default `SCHEDULE_KW[name]`
+                  ) -> Scheduler:
+    "One of `SCHEDULES` (`train`'s schedules and `UncertaintyLR`), configured by `kw` (the experiment's: `SCHEDULE_KW`)."
+    check_choice('schedule', name, SCHEDULES)
+    kw = SCHEDULE_KW[name] if kw is None else kw
+    if name == 'fixed': return FixedLR()
+    if name == 'uncertainty': return UncertaintyLR(every=every, **kw)
+    if name == 'cosine': return CosineWarmup(total_steps, **kw)
+    return PlateauLR(**kw)
+
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
 def run_schedule(model, # the model to train (in place)
                  loader, # training batches
                  p:dict, # the part's params: schedule, schedule_kw, lr (initial/peak), steps, every, eval_every, target, precision
-                 evaluate_fn, # model -> dict(score=..., loss=...) on the validation slice
+                 evaluate_fn, # model -> dict with the `score` entry and 'loss' on the validation slice
                  loss_fn=None, # (model, batch) -> (loss, logits); default: classification on (x, y)
+                 score:str='accuracy', # the entry of `evaluate_fn`'s dict compared with `p['target']`
                 ) -> dict:
     "Train `model` with Adam under `p['schedule']` for `p['steps']` steps; metrics and traces."
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p['lr'])
     sched, mon = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw']), EntropyMonitor(p['every'])
-    val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched])
+    val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score)
     kw = dict(loss_fn=loss_fn) if loss_fn else {}
     state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched], precision=p['precision'], **kw)
     train_s = state.train_s - val.eval_s
@@ -190,16 +126,11 @@ def run_schedule(model, # the model to train (in place)
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
                 sched_overhead_frac=sched.overhead_s / train_s,
                 lr_trace=sched.lr_trace[::max(1, p['every'] // 2)], entropy_trace=mon.trace, val_curve=val.curve,
-                decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step)
+                decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step,
+                rule_actions=(f"cut {acts['down']}, hold {acts['hold']}, raise {acts['up']} of {len(decisions)} windows"
+                              if decisions else 'no uncertainty rule in this arm'))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c028
-def _score_fn(loader, forward=None, precision='fp32'):
-    "model -> validation dict(score=accuracy, loss=cross-entropy)."
-    def f(model):
-        s = evaluate(model, loader, forward=forward, precision=precision)
-        return dict(score=s['accuracy'], loss=s['loss'])
-    return f
-
 def run_settings(p:dict, # a part's params (see `task_params`)
                  name:str|None, # the dataset the task reads (None: no scaling)
                  test_split:str|None, # its held-out split
@@ -230,49 +161,9 @@ def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
     torch.manual_seed(seed)
     model = resnet18(n_classes=10, width=p['width']).to(current_device())
     out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), p,
-                       _score_fn(make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']))
+                       functools.partial(evaluate, loader=make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']))
     s = evaluate(model, make_loader(xt, yt, batch_size=512, shuffle=False), precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p)
-
-# %% ../../nbs/50_uncertainty_lr.ipynb #c030
-def _bool_mask(mask:torch.Tensor) -> torch.Tensor:
-    "(B, T) 0/1 padding mask -> (B, 1, 1, T) boolean mask (True = attend) for SDPA attention."
-    return mask.bool()[:, None, None, :]
-
-@torch.no_grad()
-def lower_states(encoder, # a BERT-style encoder (`embeddings`, `encoder.layer`)
-                 ids:torch.Tensor, mask:torch.Tensor, # (N, T) token ids and padding mask
-                 n_frozen:int, # layers to run after the embeddings
-                 batch_size:int=64):
-    "Hidden states after the embeddings and the first `n_frozen` layers of a BERT-style `encoder`."
-    encoder.eval(); out = []
-    for i in range(0, len(ids), batch_size):
-        h = encoder.embeddings(input_ids=ids[i:i + batch_size])
-        m = _bool_mask(mask[i:i + batch_size])
-        for layer in encoder.encoder.layer[:n_frozen]: h = layer(h, attention_mask=m)
-        out.append(h)
-    return torch.cat(out)
-
-class TopClassifier(nn.Module):
-    "The trainable top of the encoder (copies of its layers from `n_frozen` on) and a linear head on mean-pooled tokens."
-    def __init__(self, encoder, n_frozen:int, n_classes:int=2):
-        super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(l) for l in encoder.encoder.layer[n_frozen:])
-        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
-    def encode(self, h, mask):
-        m = _bool_mask(mask)
-        for layer in self.layers: h = layer(h, attention_mask=m)
-        return h
-    def forward(self, h, mask): return self.head(masked_mean_pool(self.encode(h, mask), mask))
-
-class FrozenLowerClassifier(nn.Module):
-    "The same model from token ids: the frozen lower part run (without gradients) on every batch, for data too big to cache."
-    def __init__(self, encoder, n_frozen:int, n_classes:int=2):
-        super().__init__()
-        self.top, self.n_frozen, self.lower = TopClassifier(encoder, n_frozen, n_classes), n_frozen, [encoder]  # list: not a submodule
-        for q in encoder.parameters(): q.requires_grad_(False)
-    def forward(self, ids, mask):
-        return self.top(lower_states(self.lower[0].to(ids.device), ids, mask, self.n_frozen, batch_size=len(ids)), mask)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c032
 def _random_ok(name:str, profile:str) -> bool:
@@ -298,11 +189,6 @@ def _text_features(name, split, profile, n, model_name, max_len, n_frozen, cache
     key = dict(dataset=name, split=split, source=source, n=n, seed=0, model=model_name, max_len=max_len, n_frozen=n_frozen, cache_lower=cache_lower)
     return compute() if rnd else disk_cached('uncertainty_lr', key, compute, tag=f'{name}_{split}')
 
-def _text_forward(model, batch): return model(batch[0], batch[1]), batch[2]
-
-def _text_loss(model, batch):
-    logits, y = _text_forward(model, batch); return F.cross_entropy(logits.float(), y), logits
-
 def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
               seed:int, # initialisation and data order
               profile:str, # the run's profile
@@ -321,116 +207,29 @@ def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
     model = cls(enc, p['n_frozen']).to(current_device())
     ld = lambda *t, shuffle=False, bs=256: make_loader(*t, batch_size=bs, shuffle=shuffle, seed=seed)
     out = run_schedule(model, ld(h[tr], m[tr], y[tr], shuffle=True, bs=p['batch_size']), p,
-                       _score_fn(ld(h[va], m[va], y[va]), _text_forward, p['precision']), _text_loss)
-    s = evaluate(model, ld(ht, mt, yt), forward=_text_forward, precision=p['precision'])
+                       functools.partial(evaluate, loader=ld(h[va], m[va], y[va]), forward=text_forward, precision=p['precision']), text_loss)
+    s = evaluate(model, ld(ht, mt, yt), forward=text_forward, precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], test_auc=s.get('auc', float('nan')),
                 params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
-# %% ../../nbs/50_uncertainty_lr.ipynb #c034
-def _normalise_answer(s:str) -> str:
-    s = ''.join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    return ' '.join(re.sub(r'\b(a|an|the)\b', ' ', s).split())
-
-def squad_em_f1(pred:str, # the predicted answer ('' = no answer)
-                golds:list, # the gold answers ([] = unanswerable)
-               ) -> tuple[float, float]:
-    "Exact match and token F1 of one prediction, best over the gold answers (no answer: golds == [] and pred == '')."
-    golds = [g for g in golds if _normalise_answer(g)] or ['']
-    def f1(p, g):
-        pt, gt = _normalise_answer(p).split(), _normalise_answer(g).split()
-        if not pt or not gt: return float(pt == gt)
-        common = sum((Counter(pt) & Counter(gt)).values())
-        if common == 0: return 0.0
-        pr, rc = common / len(pt), common / len(gt)
-        return 2 * pr * rc / (pr + rc)
-    return max(float(_normalise_answer(pred) == _normalise_answer(g)) for g in golds), max(f1(pred, g) for g in golds)
-
 # %% ../../nbs/50_uncertainty_lr.ipynb #c036
-def squad_features(df, # questions: `question`, `context`, `answers`
-                   tok, # the model's tokenizer
-                   max_len:int, stride:int, # window length and overlap (tokens)
-                   train:bool=True, # training windows (start/end labels), else evaluation ones (offsets, example ids)
-                  ) -> dict:
-    "Tokenised windows with start/end labels (train) or offsets and example ids (evaluation)."
-    enc = tok(list(df['question']), list(df['context']), truncation='only_second', max_length=max_len, stride=stride,
-              return_overflowing_tokens=True, return_offsets_mapping=True, padding='max_length', return_tensors='pt')
-    ex = enc.pop('overflow_to_sample_mapping'); offsets = enc.pop('offset_mapping')
-    starts, ends = [], []
-    for i in range(len(ex)):
-        seq = enc.sequence_ids(i); ctx = [j for j, s in enumerate(seq) if s == 1]
-        ans = df['answers'].iloc[int(ex[i])]; st, en = 0, 0
-        if len(ans['text']):
-            a0 = int(ans['answer_start'][0]); a1 = a0 + len(ans['text'][0])
-            if offsets[i, ctx[0], 0] <= a0 and offsets[i, ctx[-1], 1] >= a1:
-                st = next(j for j in ctx if offsets[i, j, 1] > a0); en = max(j for j in ctx if offsets[i, j, 0] < a1)
-        starts.append(st); ends.append(en)
-        if not train: offsets[i, [j for j, s in enumerate(seq) if s != 1]] = -1
-    out = dict(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'], token_type_ids=enc['token_type_ids'],
-               start=torch.tensor(starts), end=torch.tensor(ends), example=ex)
-    if not train: out['offsets'] = offsets
-    return out
-
-def _qa_loss(model, batch):
-    ids, am, tt, st, en = batch
-    out = model(input_ids=ids, attention_mask=am, token_type_ids=tt)
-    logits = torch.stack([out.start_logits, out.end_logits], 1).float()  # (B, 2, T): entropy over positions
-    return (F.cross_entropy(logits[:, 0], st) + F.cross_entropy(logits[:, 1], en)) / 2, logits
-
-@torch.no_grad()
-def squad_predict(model, # an extractive QA model
-                  feats:dict, # evaluation windows (`squad_features(..., train=False)`)
-                  df, # their questions
-                  max_answer_len:int=30, # tokens
-                  batch_size:int=64) -> list[str]:
-    "Best span per question over its windows, or '' when the null ([CLS]) score beats every span."
-    device = current_device(); model.to(device).eval()
-    best = {}
-    for i in range(0, len(feats['input_ids']), batch_size):
-        sl = slice(i, i + batch_size)
-        out = model(**{k: feats[k][sl].to(device) for k in ('input_ids', 'attention_mask', 'token_type_ids')})
-        for s, e, off, ex in zip(out.start_logits.float().cpu(), out.end_logits.float().cpu(), feats['offsets'][sl], feats['example'][sl]):
-            ex, null, ok, j = int(ex), float(s[0] + e[0]), off[:, 0] >= 0, torch.arange(len(s))
-            valid = ok[:, None] & ok[None, :] & (j[None, :] >= j[:, None]) & (j[None, :] - j[:, None] < max_answer_len)
-            score = (s[:, None] + e[None, :]).masked_fill(~valid, -float('inf'))
-            a, b = divmod(int(score.argmax()), len(s))
-            span = (float(score[a, b]), df['context'].iloc[ex][int(off[a, 0]):int(off[b, 1])]) if valid.any() else (-float('inf'), '')
-            prev = best.get(ex, dict(null=null, span=(-float('inf'), '')))
-            best[ex] = dict(null=min(prev['null'], null), span=max(prev['span'], span, key=lambda t: t[0]))
-    return [best[i]['span'][1] if best[i]['span'][0] > best[i]['null'] else '' for i in range(len(df))]
-
-def squad_scores(model, feats, df) -> dict:
-    "Mean exact match and F1 over `df`'s questions (arguments as `squad_predict`)."
-    ems, f1s = zip(*(squad_em_f1(p, list(a['text'])) for p, a in zip(squad_predict(model, feats, df), df['answers'])))
-    return dict(em=float(np.mean(ems)), f1=float(np.mean(f1s)))
-
-def squad_frames(p:dict, # the part's params (sizes, `train_split`)
-                 profile:str) -> tuple:
-    "(train, validation, test) question frames: train and validation from the train split, test the dev split; in `dryrun` all three from the dev split, disjoint (the mirror has no train split)."
-    if p['train_split'] == 'validation':
-        d = take(load('squad_v2', 'validation', profile), p['n_train'] + p['n_val'] + p['n_test'], 0)
-        cut = np.cumsum([p['n_train'], p['n_val']])
-        return d.iloc[:cut[0]], d.iloc[cut[0]:cut[1]].reset_index(drop=True), d.iloc[cut[1]:].reset_index(drop=True)
-    tr_all = take(load('squad_v2', 'train', profile), p['n_train'] + p['n_val'], 0)
-    return (tr_all.iloc[:p['n_train']], tr_all.iloc[p['n_train']:].reset_index(drop=True),
-            take(load('squad_v2', 'validation', profile), p['n_test'], 0))
-
 def squad_task(p:dict, # the part's params: `part_params(arm, 'squad_v2')`
                seed:int, # initialisation and data order
                profile:str, # the run's profile
-               frames=None, # (train, val, test) question frames, for checks; default `squad_frames`
+               frames=None, # (train, val, test) question frames, for checks; default `text.squad_frames` of the part's sizes
               ) -> dict:
     "Fine-tune an extractive QA model on SQuAD v2 under `p['schedule']`; dev EM and F1."
     p = run_settings(p, None, None, profile)
-    frames = frames if frames is not None else squad_frames(p, profile)
+    frames = frames if frames is not None else squad_frames(p['n_train'], p['n_val'], p['n_test'], profile, p['train_split'])
     tok = bert_tokenizer(p['model'], profile)
     ftr, fva, fte = (squad_features(d, tok, p['max_len'], p['stride'], train=(i == 0)) for i, d in enumerate(frames))
     torch.manual_seed(seed)
     model, weights = from_config_or_pretrained(p['model'], profile, head='question_answering')
     model = model.to(current_device())
     def val_fn(m):
-        s = squad_scores(m, fva, frames[1]); return dict(score=s['f1'], loss=-s['f1'])
+        s = squad_scores(m, fva, frames[1]); return dict(f1=s['f1'], loss=-s['f1'])
     cols = ('input_ids', 'attention_mask', 'token_type_ids', 'start', 'end')
-    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), p, val_fn, _qa_loss)
+    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), p, val_fn, qa_loss, score='f1')
     s = squad_scores(model, fte, frames[2])
     return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
@@ -498,14 +297,11 @@ def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., parts=task_pa
        ) -> dict:
     "One (schedule, seed) cell: every task in `params['parts']` trained under `params['schedule']`, metrics prefixed by the task."
     out = {}
+    keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises', 'rule_actions')
+    series = ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')
     for task in params['parts']:
-        r = TASKS[task](part_params(params, task), seed, profile)
-        keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises')
-        series = ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')
+        r = TASKS[task](part_params(params, task), seed, profile); u = r['used']
         out.update({f'{task}_{k}': r[k] for k in keep + TASK_METRICS[task] + series})
-        acts, u = Counter(d[-1] for d in r['decisions']), r['used']
-        out[f'{task}_rule_actions'] = (f"cut {acts['down']}, hold {acts['hold']}, raise {acts['up']} of {len(r['decisions'])} windows"
-                                       if r['decisions'] else 'no uncertainty rule in this arm')
         out[f'{task}_precision'] = u['precision']
         out[f'{task}_note'] = (f"{r['steps']} steps of batch {u['batch_size']}, {u['n_train']} train / {u['n_val']} validation / "
                                f"{u['n_test'] if u['n_test'] is not None else 'all'} test rows, {u['precision']}, "
@@ -570,7 +366,7 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
     u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
     datasets = [(d, s, None) for d in ('cifar10', 'imdb') for s in ('train', 'test')]
     if 'squad_v2' in tasks: datasets += [('squad_v2', s, None) for s in sorted({tasks['squad_v2']['train_split'], 'validation'})]
-    c, i, lrs = tasks['cifar10'], tasks['imdb'], ', '.join(f"{t} {p['lr']}" for t, p in tasks.items())
+    c, i, q, lrs = tasks['cifar10'], tasks['imdb'], TABLES['squad_v2']['full'], ', '.join(f"{t} {p['lr']}" for t, p in tasks.items())
     notes = [
         f"Adam in every arm from the same initial/peak LR per task ({lrs}); "
         "the plan's 0.01 is far above what Adam fine-tuning of a pretrained Transformer tolerates.",
@@ -579,30 +375,26 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         f"imdb: {i['model']} (the plan: BERT-base), reviews cut to {i['max_len']} tokens, the lower {i['n_frozen']} layers frozen (outputs "
         f"computed once), the top layers and a linear head on mean-pooled tokens trained; {i['n_train']} train / {i['n_val']} validation "
         f"reviews (train split), {i['n_test']} test reviews; batch {i['batch_size']}, {i['steps']} steps.",
-        {'full': "squad_v2: BERT-large, windows of 384 tokens with stride 128; the train split comes from the Hub.",
+        {'full': f"squad_v2: {q['model']}, windows of {q['max_len']} tokens with stride {q['stride']}; the train split comes from the Hub.",
          'dryrun': "dryrun: full's models, sequence lengths, precision policy and code path (squad_v2/BERT-large included) on a few batches "
                    "and 2 steps (one rule decision, one validation pass); BERT-base/large get random weights when the Hub is unreachable "
                    "(minilm's tokenizer: the same vocabulary); squad_v2's train/validation/test are disjoint slices of the dev split; on "
                    f"the CPU the BERT tasks use batch {i.get('cpu_batch')}, not {i['batch_size']}. It checks that the path runs, not results."
-         }.get(profile, "squad_v2 (BERT-large) runs in 'full' only: the mirror holds 1,124 dev questions and no train split."),
+         }.get(profile, f"squad_v2 ({q['model']}) runs in 'full' only: the mirror holds 1,124 dev questions and no train split."),
         "Sizes the resolved data cannot serve (the embedded stand-ins: 1,437 digits images for cifar10's train split) are scaled down "
         "proportionally at run time (data.scale_to_available; see the data section); each cell's note gives its sizes, batch and precision.",
         f"Uncertainty rule (the plan's, made precise): every {c['every']} steps, the window's mean softmax entropy of the training batches "
         f"/ log K vs. a fixed threshold {u['threshold']} (half the maximum; set before any run, every task, not tuned); above: LR x "
         f"{u['factor']}; below by more than the window's 95% CI half-width: LR / {u['factor']} (recovery); else held; bounded to "
-        f"[{u['lr_min_frac']}, 1] x the initial LR, so entropy stuck above the threshold decays the LR geometrically to the floor. "
-        "Each cell's rule_actions counts cuts, holds and raises (metrics rule_cuts, rule_raises).",
+        f"[{u['lr_min_frac']}, 1] x the initial LR, so entropy stuck above the threshold decays the LR geometrically to the floor.",
         "Finding (spec version 1): an adaptive threshold (EMA, beta 0.8, of past windows) never fired in quick (5 seeds): entropy fell "
         "almost monotonically, the LR never moved, the arm was bit-identical to the fixed LR (every quality difference exactly 0). It "
         "stays in the code (mode='adaptive', tested); the arm is the fixed threshold since version 2; version 1 results are not mixed in.",
         f"In quick the fixed-LR entropy (version 1, fp32, pilot traces 2026-11-24) stayed above {u['threshold']} of log K all budget in every "
         f"seed, so the rule should cut at every window: a stepwise decay to {u['factor']}^{c['steps'] // c['every']} = "
         f"{u['factor'] ** (c['steps'] // c['every']):.2f} x LR0; raises need entropy below half the maximum, which short runs may not reach.",
-        "Gates (version 3): a quality claim (faster, generalise, vs-cosine) is informative only if, in its task, the rule cut and raised "
-        "the LR at least once in every seed and the fixed LR's mean test score beats chance "
-        f"({', '.join(f'{t} {CHANCE[t]:g}' for t in tasks)}) by {LEARN_MARGIN:g}; 'faster' also needs the fixed LR or the rule to reach "
-        "the target in some seed. A rule that only cuts is a step decay, not the signal at work ('uninformative'). Primary: the plan's "
-        f"three hypotheses (converges faster, generalises better, minimal overhead) on {PRIMARY_TASK}; the rest are exploratory.",
+        "Gates (version 3, stated with each claim): a rule that only cuts is a step decay, not the signal at work ('uninformative'). "
+        f"Primary: the plan's three hypotheses (converges faster, generalises better, minimal overhead) on {PRIMARY_TASK}; the rest exploratory.",
         f"Precision '{PRECISION}' (train.resolve_precision, per cell and device, in its note): bf16 autocast on CUDA and on CPUs with native bf16, "
         "else fp32, every arm alike. Until version 2 smoke/quick used bf16 and full fp32; the quick targets (fp32 pilot) were not re-tuned.",
         f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps, then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: torch "
@@ -611,8 +403,7 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         f"Steps to target: validation accuracy (cifar10 >= {c['target']}, imdb >= {i['target']}) every {c['eval_every']} / {i['eval_every']} "
         "steps; targets fixed from a fixed-LR pilot (seed 100, mean validation score over the budget's second half) before any treatment "
         "ran. A miss is censored at budget + 1 (reached = 0), not dropped; the paired t-test takes it as observed, understating a miss.",
-        "Training time excludes validation passes; overhead = the schedule's own time (entropy, decisions, setting the LR) / training "
-        "time. Step budgets replace the plan's 50 epochs in smoke/quick. Every arm records window entropy for the plots (not overhead).",
+        "Step budgets replace the plan's 50 epochs in smoke/quick. Every arm records window entropy for the plots (not overhead).",
     ]
     return Spec('uncertainty_lr', 'Does a learning rate driven by predictive entropy converge faster or generalise better than '
                 'a fixed LR and standard schedules, at negligible overhead?', arms, 'fixed',
