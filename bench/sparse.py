@@ -10,11 +10,12 @@ figure); the `sparse` report shows both as saved.
 
 Run under the CPU lock: flock /tmp/lwstudy-cpu.lock python bench/sparse.py
 """
-import argparse, datetime as dt, io, json, math, time, warnings
+import argparse, datetime as dt, io, json, time, warnings
 import torch
 import torch.nn.functional as F
 from lwstudy.core import atomic_write, device_name, make_generator, project_root
 from lwstudy.measure import peak_memory_mb, time_it
+from lwstudy.report import sweep_figure as report_sweep_figure
 from lwstudy.techniques.sparse import BENCH_JSON, BENCH_PNG, SPEED_GOAL, make_mask, rep_name, sizes, to_sparse_kernel
 
 
@@ -71,20 +72,11 @@ def break_even(rows:list[dict]) -> dict:
 def sweep_figure(rows:list[dict], # `kernel_sweep` rows (as bench/sparse.py saves them)
                  title:str, # the figure's title
                 ):
-    "Speed-up (dense / sparse time) vs sparsity, one panel per shape, one line per representation."
-    from matplotlib.figure import Figure
-    shapes = list(dict.fromkeys(r['shape'] for r in rows))
-    cols = min(3, len(shapes)); nr = math.ceil(len(shapes) / cols)
-    fig = Figure(figsize=(4.3 * cols, 3.2 * nr))
-    for k, sh in enumerate(shapes):
-        ax = fig.add_subplot(nr, cols, k + 1)
-        sub = [r for r in rows if r['shape'] == sh]
-        for rep in dict.fromkeys(r['rep'] for r in sub):
-            ax.plot(*zip(*sorted((r['sparsity'], r['speedup']) for r in sub if r['rep'] == rep)), marker='o', label=rep)
-        ax.axhline(1, color='k', lw=1, ls='--'); ax.axhline(SPEED_GOAL, color='g', lw=1, ls=':')
-        ax.set_title(f"{sh}\n{sub[0]['out']}x{sub[0]['inp']} @ {sub[0]['cols']} cols", fontsize=9)
-        ax.set_xlabel('sparsity'); ax.set_ylabel('speed-up vs dense'); ax.set_yscale('log'); ax.grid(alpha=0.3)
-        if k == 0: ax.legend(fontsize=7)
+    "Speed-up (dense / sparse time) vs sparsity, one panel per shape, one line per representation (`report.sweep_figure`)."
+    first = {r['shape']: r for r in reversed(rows)}
+    titles = {sh: f"{sh}\n{r['out']}x{r['inp']} @ {r['cols']} cols" for sh, r in first.items()}
+    fig = report_sweep_figure(rows, 'sparsity', 'speedup', 'rep', panel='shape', titles=titles, ylabel='speed-up vs dense', logy=True,
+                              hlines=[(1, '--'), (SPEED_GOAL, ':')], ncols=3)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     return fig
 

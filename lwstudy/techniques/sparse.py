@@ -9,7 +9,7 @@ __all__ = ['ARMS', 'SPEED_GOAL', 'ACC_TOL', 'CHANCE_MARGIN', 'PRIMARY', 'BENCH_J
            'chance_stats', 'rep_name', 'fit', 'sizes', 'accuracy_gate', 'sections', 'spec']
 
 # %% ../../nbs/30_sparse.ipynb #c002
-import base64, json, math
+import base64, math
 from dataclasses import replace
 from functools import cache
 import numpy as np
@@ -21,7 +21,7 @@ from ..core import BadInput, by_profile, current_device, make_generator, project
 from ..data import image_tensors, load, scale_to_available, take
 from ..measure import count_flops, peak_memory_mb, time_it
 from ..models import SmallCNN, bert_tokenizer, count_params, masked_mean_pool, state_dict_mb
-from ..report import esc, fmt, html_table
+from ..report import bench_section, esc, fmt, html_table
 from ..runner import Claim, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..train import evaluate, make_loader, resolve_precision, train
 
@@ -397,17 +397,16 @@ def _goal_html(per:dict) -> str:
     return head + '<ul>' + ''.join(items) + '</ul>'
 
 def _sweep_html() -> str:
-    "bench/sparse.py's saved kernel sweep as it saved it (figure, break-even sparsities), or how to produce it."
-    bench, png = project_root()/BENCH_JSON, project_root()/BENCH_PNG
-    saved = json.loads(bench.read_text()) if bench.exists() else {}
-    if 'break_even' not in saved:  # none yet, or saved before the bench saved its break-even lines and figure
-        return ('<p>No kernel sweep saved: run <code>python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 --blocks 1,4,32 '
-                '--train</code> on an otherwise idle machine, then re-render this report.</p>')
-    lines = ''.join(f'<li>{esc(line)}</li>' for line in saved['break_even'])
-    img = f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"/>' if png.exists() else ''
-    return (f"<p class='muted'>Saved by bench/sparse.py ({esc(saved.get('when', '?'))}, {esc(saved.get('device', '?'))}, best of "
-            f"{esc(saved.get('repeats', '?'))}): dense <code>F.linear</code> vs <code>torch.sparse</code> product at the layer shapes of "
-            f"the {esc(saved.get('profile', 'quick'))} profile. Dashed: break-even; dotted: the {SPEED_GOAL:g}x goal.</p>{img}<ul>{lines}</ul>")
+    "bench/sparse.py's saved kernel sweep as it saved it (figure, break-even sparsities), or how to produce it (`report.bench_section`)."
+    png = project_root()/BENCH_PNG
+    def render(saved):
+        lines = ''.join(f'<li>{esc(line)}</li>' for line in saved['break_even'])
+        img = f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"/>' if png.exists() else ''
+        return (f"<p class='muted'>Saved by bench/sparse.py ({esc(saved.get('when', '?'))}, {esc(saved.get('device', '?'))}, best of "
+                f"{esc(saved.get('repeats', '?'))}): dense <code>F.linear</code> vs <code>torch.sparse</code> product at the layer shapes of "
+                f"the {esc(saved.get('profile', 'quick'))} profile. Dashed: break-even; dotted: the {SPEED_GOAL:g}x goal.</p>{img}<ul>{lines}</ul>")
+    return bench_section(project_root()/BENCH_JSON, render, 'run <code>python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 '
+                         '--blocks 1,4,32 --train</code> on an otherwise idle machine, then re-render this report.', needs=('break_even',))
 
 def sections(records:list, # the runner's records (unused: every section reads the table or bench/sparse.py's saved files)
              table, # the results table (arm, seed, metric, value)
