@@ -18,7 +18,8 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'shakespeare_dir', 'shakespeare_lines', 'shakespeare_passages', 'standin_text_classification', 'standin_lm',
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
-           'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop']
+           'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
+           'text_tokens', 'image_set']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -566,3 +567,33 @@ def flip_crop(seed:int=0, # the flips' and crops' seed (stream 2 of `core.make_g
         i, j = torch.randint(0, 2 * pad + 1, (2, B), generator=g).tolist()
         return (torch.stack([x[b, :, i[b]:i[b] + H, j[b]:j[b] + W] for b in range(B)]),)
     return augment
+
+# %% ../nbs/01_data.ipynb #c020f
+@functools.cache
+def _text_tokens(name:str, split:str, profile:str, source:str, n:int|None, tokenizer:str, max_len:int, text:str, label:str) -> Tokens:
+    from lwstudy.models import bert_tokenizer  # models imports data
+    df = take(load(name, split, profile), n, seed=0)
+    return Tokens(df[text], df[label], bert_tokenizer(tokenizer, profile), max_len)
+
+def text_tokens(name:str, split:str, profile:str, # a registry name, its split, the profile (which source may serve it)
+                n:int|None, # rows (a fixed random subset, `take`); None: all
+                tokenizer:str, max_len:int=64, # a `models.HUB_MODELS` name; tokens per text at most
+                text:str='sentence', label:str='label', # the columns
+               ) -> tuple[Tokens, str]:
+    "`n` rows of a text-classification split as `Tokens` (once per process and source), and the source."
+    source = take(load(name, split, profile), n, seed=0).attrs['source']
+    return _text_tokens(name, split, profile, source, n, tokenizer, max_len, text, label), source
+
+@functools.cache
+def _image_set(name:str, split:str, profile:str, source:str, n:int|None, size:int|None) -> Images:
+    x, y = image_tensors(name, split, profile, n, seed=0)
+    return Images(x if size in (None, x.shape[-1]) else F.adaptive_avg_pool2d(x, size).contiguous(), y)
+
+def image_set(name:str, split:str, profile:str, # a registry name, its split, the profile (which source may serve it)
+              n:int|None=None, # images (a fixed random subset); None: all
+              size:int|None=None, # pixels a side, average-pooled down to (None: as decoded)
+             ) -> tuple[Images, str]:
+    "`n` images of a split as `Images` of `size` pixels (once per process and source), and the source."
+    image_tensors(name, split, profile, n, seed=0)  # resolves the source (and records it)
+    source = [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
+    return _image_set(name, split, profile, source, n, size), source

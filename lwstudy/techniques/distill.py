@@ -4,7 +4,7 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy, functools, math
+import copy, math
 import numpy as np
 import pandas as pd
 import torch
@@ -12,10 +12,10 @@ from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
 from ..core import BadInput, by_profile, cache_path, check_choice, current_device, disk_cached, disk_cached_rows
-from ..data import Images, Tokens, flip_crop, image_tensors, load, pack, scale_to_available, sources_used, take, unpack
-from ..measure import energy_counter, inference_ms, measure_energy, peak_memory_mb, require_memory, require_training_memory, time_it
-from ..models import (HiddenCapture, ResNet, TextClassifier, bert_tokenizer, count_params, from_config_or_pretrained, hidden_dims,
-                            hidden_paths, layer_path, resnet18, resnet50)
+from ..data import Images, Tokens, flip_crop, image_set, scale_to_available, text_tokens, unpack
+from ..measure import inference_ms, measure_energy, peak_memory_mb, require_memory, require_training_memory, time_it
+from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims,
+                            hidden_paths, hidden_shapes, hidden_states, resnet18, resnet50)
 from ..report import esc, fig_to_img, fmt, html_table, seed_curves
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, part_params
 from ..train import WarmupLinear, classification_scores, predict, resolve_precision, to_device, train
@@ -23,10 +23,10 @@ from ..train import WarmupLinear, classification_scores, predict, resolve_precis
 # %% auto #0
 __all__ = ['LAYER_SCHEMES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
            'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers',
-           'model_logits', 'train_teacher', 'hidden_shapes', 'cache_bytes', 'teacher_hidden', 'cached_hidden',
-           'cached_state', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher', 'teacher_outputs',
-           'distill_loss_fn', 'distill_student', 'is_distilled', 'train_and_measure', 'task_params', 'fit_part', 'fit',
-           'arms', 'gate_learned', 'gate_reduced', 'claims', 'sections', 'spec']
+           'model_logits', 'train_teacher', 'cache_bytes', 'cached_hidden', 'cached_state', 'sst2_tokens',
+           'vision_sizes', 'cifar_images', 'get_teacher', 'teacher_outputs', 'distill_loss_fn', 'distill_student',
+           'is_distilled', 'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms', 'gate_learned',
+           'gate_reduced', 'claims', 'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c011
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
@@ -105,7 +105,8 @@ def student_from_layers(encoder:nn.Module, # a BERT-family encoder (`transformer
 # %% ../../nbs/40_distill.ipynb #c040
 def model_logits(model:nn.Module, # a classifier taking `data.inputs(idx)[0]`
                  data, # `Tokens` or `Images`
-                 batch_size:int=64, device:str|None=None) -> torch.Tensor:
+                 batch_size:int=64, # examples per forward pass
+                 device:str|None=None) -> torch.Tensor: # default: `current_device()`
     "Logits of `model` on every example of `data` (`train.predict`: fp32, eval mode) in the examples' order, whatever the batching."
     device = device or current_device()
     batches = [torch.tensor(b) for b in data.eval_batches(batch_size)]
@@ -119,7 +120,8 @@ _CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's
 
 def train_teacher(model:nn.Module, train_data, eval_data, # the teacher, `Tokens` or `Images`
                   params:dict, # teacher_steps, teacher_lr, batch_size, wd (default 0.01)
-                  device:str, augment=None) -> dict: # augment: applied to every batch's inputs
+                  device:str, # where it trains
+                  augment=None) -> dict: # applied to every batch's inputs (None: none)
     "Train a teacher for `params['teacher_steps']` batches (AdamW, linear decay, fp32); its training time and accuracy."
     require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
@@ -141,36 +143,11 @@ def _teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of 
     out = {}
     return dict(out, forward_s=time_it(run, warmup=0, repeats=1, device=device)['median_s'])
 
-@torch.no_grad()
-def hidden_shapes(teacher:nn.Module, data, # the teacher; `Tokens` or `Images`
-                  n:int, # the first `n` examples of `data`
-                 ) -> dict:
-    "Shape of the cached state of each teacher layer: (real tokens, d) for token states, (n, C, H, W) for feature maps."
-    if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(teacher))}
-    paths = hidden_paths(teacher)
-    with HiddenCapture(teacher.eval(), paths, detach=True) as cap: teacher(*to_device(data.inputs([0])[0], next(teacher.parameters()).device))
-    return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
-
 def cache_bytes(shapes:dict, # from `hidden_shapes`
                 layers, # which of them
                ) -> int:
     "Bytes of the fp16 hidden states of `layers` with these `shapes`."
     return sum(2 * math.prod(shapes[k]) for k in layers)
-
-@torch.no_grad()
-def teacher_hidden(teacher:nn.Module, data, # the teacher; `Tokens` or `Images`
-                   idx:list, # the examples, in order
-                   layers, # indices into `hidden_paths(teacher)`
-                   device:str, batch_size:int=64) -> dict:
-    "The fp16 states (token states packed) of teacher `layers` on the examples `idx`, in order."
-    paths, out = hidden_paths(teacher), {k: [] for k in layers}
-    for i in range(0, len(idx), batch_size):
-        args, _, mask = data.inputs(idx[i:i + batch_size])
-        with HiddenCapture(teacher, [paths[k] for k in layers], detach=True) as cap: teacher(*to_device(args, device))
-        for k in layers:
-            h = cap.outputs[paths[k]]
-            out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
 
 def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the states of `layers` on the first `n` examples of `data`
                   tag:str, key:dict, # the cache files: `tag` and what the states depend on
@@ -188,7 +165,7 @@ def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the stat
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
     row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else None
     return disk_cached_rows('distill', {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
-                            lambda lo, hi, ks: teacher_hidden(teacher, data, list(range(lo, hi)), ks, device), n, row, multiple=64, what=f'{what}: layers')
+                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device), n, row, multiple=64, what=f'{what}: layers')
 
 def cached_state(cached:dict, data, # the teacher's cached outputs (`teacher_outputs`); `Tokens` or `Images`
                  layer:int, idx, inputs) -> torch.Tensor: # the examples `idx` and their batch's model inputs
@@ -197,47 +174,28 @@ def cached_state(cached:dict, data, # the teacher's cached outputs (`teacher_out
     return cached['hidden'][layer][torch.as_tensor(idx, dtype=torch.long)].float()
 
 # %% ../../nbs/40_distill.ipynb #c042
-def _texts(split:str, profile:str, n:int|None) -> pd.DataFrame: return take(load('sst2', split, profile), n, seed=0)
-
-@functools.cache
-def _tokenised(teacher:str, profile:str, source:str, n_train:int, n_val:int|None, max_len:int) -> tuple[Tokens, Tokens]:
-    "Tokenised once per process and per data `source`."
-    tok = bert_tokenizer(teacher, profile)  # dryrun offline: MiniLM's, the same uncased WordPiece vocabulary
-    return tuple(Tokens(df.sentence, df.label, tok, max_len) for df in (_texts('train', profile, n_train), _texts('validation', profile, n_val)))
-
 def sst2_tokens(pp:dict, # the NLP part's params (`runner.part_params(params, 'nlp')`)
-                profile:str) -> tuple[Tokens, Tokens, str]:
-    "Tokenised (train slice, validation set) for `pp` and the data source."
-    tr, va = _texts('train', profile, pp['n_teacher_train']), _texts('validation', profile, pp['n_val'])
-    source = f"train: {tr.attrs['source']}; validation: {va.attrs['source']}"
-    return (*_tokenised(pp['teacher'], profile, source, pp['n_teacher_train'], pp['n_val'], pp['max_len']), source)
+                profile:str) -> tuple[Tokens, Tokens, str]: # dryrun offline: MiniLM's tokenizer, the same uncased WordPiece vocabulary
+    "Tokenised (train slice, validation set) for `pp` and the data source (`data.text_tokens`)."
+    (tr, s_tr), (va, s_va) = (text_tokens('sst2', split, profile, n, pp['teacher'], pp['max_len'])
+                              for split, n in (('train', pp['n_teacher_train']), ('validation', pp['n_val'])))
+    return tr, va, f"train: {s_tr}; validation: {s_va}"
 
 # %% ../../nbs/40_distill.ipynb #c044
-def _source_of(name:str, split:str) -> str:
-    return [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
-
 def vision_sizes(vp:dict, # the vision part's params
-                 profile:str) -> dict:
+                 profile:str) -> dict: # picks the source (a stand-in in smoke and quick without the mirror)
     "`n_teacher_train` and `n_test` of `vp`, each scaled to what the resolved source holds where it is smaller (`data.scale_to_available`)."
     out = dict(n_teacher_train=vp['n_teacher_train'], n_test=vp['n_test'])
     for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')):
         if out[k] is not None: out.update(scale_to_available('cifar10', split, profile, {k: out[k]}))
     return out
 
-@functools.cache
-def _images(profile:str, source:str, n_train:int, n_test:int|None, size:int) -> tuple[Images, Images]:
-    "Decoded, and average-pooled to `size` pixels where the profile asks for smaller images, once per process and source."
-    shrink = lambda t: t if size == t.shape[-1] else F.adaptive_avg_pool2d(t, size).contiguous()
-    return tuple(Images(shrink(x), y) for x, y in (image_tensors('cifar10', 'train', profile, n_train, seed=0),
-                                                   image_tensors('cifar10', 'test', profile, n_test, seed=0)))
-
 def cifar_images(vp:dict, # the vision part's params
-                 profile:str) -> tuple[Images, Images, str]:
-    "The CIFAR-10 (teacher's) training slice and test slice as `Images` of `vp['image_size']` pixels, and their source."
+                 profile:str) -> tuple[Images, Images, str]: # picks the source
+    "The CIFAR-10 (teacher's) training slice and test slice as `Images` of `vp['image_size']` pixels (`data.image_set`), and their source."
     sz = vision_sizes(vp, profile)
-    for split, n in (('train', sz['n_teacher_train']), ('test', sz['n_test'])): image_tensors('cifar10', split, profile, n, seed=0)
-    source = f"train: {_source_of('cifar10', 'train')}; test: {_source_of('cifar10', 'test')}"
-    return (*_images(profile, source, sz['n_teacher_train'], sz['n_test'], vp['image_size']), source)
+    (tr, s_tr), (te, s_te) = (image_set('cifar10', split, profile, sz[k], vp['image_size']) for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')))
+    return tr, te, f"train: {s_tr}; test: {s_te}"
 
 # %% ../../nbs/40_distill.ipynb #c044a
 _PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
@@ -256,7 +214,7 @@ def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights:
 
 def get_teacher(pp:dict, # the part's params (`runner.part_params`)
                 part:str, # 'nlp' or 'vision'
-                profile:str, device:str|None=None) -> tuple[nn.Module, dict]:
+                profile:str, device:str|None=None) -> tuple[nn.Module, dict]: # sizes and models; where it trains
     "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`core.disk_cached`), and its record."
     device = device or current_device()
     tr, ev, source = _part_data(pp, part, profile)
@@ -276,7 +234,7 @@ def get_teacher(pp:dict, # the part's params (`runner.part_params`)
 
 def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the teacher (`get_teacher`) and its part's params, name, profile
                     record:dict, # the teacher's record (`get_teacher`)
-                    device:str|None=None,
+                    device:str|None=None, # where the teacher runs (default: `current_device()`)
                     layers=(), # the teacher layers (stages) whose states to hold: only these are cached
                    ) -> dict:
     "Teacher outputs, cached: logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
@@ -334,7 +292,8 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per 
     return loss_fn
 
 def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # None: trained alone
-                    data, params:dict, seed:int, device:str|None=None):
+                    data, params:dict, # `Tokens` or `Images`; the part's params (sizes, lr, loss weights, precision)
+                    seed:int, device:str|None=None): # the data order's seed; where it trains
     "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state and the loss parts."
     device = device or current_device()
     pairs = _student_pairs(params, student, teacher) if cached is not None else []
@@ -444,7 +403,7 @@ def task_params(profile:str) -> dict:
 
 def fit_part(params:dict, # the arm's params: shared keys and `parts`
              part:str, # 'nlp' or 'vision'
-             seed:int, profile:str, device:str) -> dict:
+             seed:int, profile:str, device:str) -> dict: # the cell's seed, profile and device
     "One part of a cell: its student (3 MiniLM layers or a ResNet-18), alone or distilled from the cached teacher; metrics unprefixed."
     pp = part_params(params, part)
     tr, ev, source = _part_data(pp, part, profile)
@@ -563,43 +522,32 @@ def claims() -> list:
 
 # %% ../../nbs/40_distill.ipynb #c056
 _HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
-
-def _goal(cid:str) -> float:
-    "The threshold of claim `cid` (the goals table restates the claims, never a typed number)."
-    return next(c.threshold for c in claims() if c.id == cid)
+_COLUMNS = (('student accuracy', 'accuracy'), ('teacher accuracy', 'teacher_accuracy'), ('retention', 'accuracy_retention'),
+            ('speed-up (x)', 'speedup_vs_teacher'), ('train s', 'train_time_s'), ('train s incl. teacher', 'train_time_with_teacher_s'),
+            ('teacher forward s', 'teacher_forward_s'), ('student training energy J', 'train_energy_j'))
 
 def _goals(records:list, table, p:str) -> str:
-    "Per arm: accuracies, and by how much retention and speed-up meet or miss the goals (means over seeds)."
-    rg, sg, rows = _goal('retention'), _goal('speed'), []
-    meets = lambda v, g, unit='': f"{fmt(v, 3)}{unit} ({'meets' if v >= g else 'misses by'} {fmt(abs(v - g), 2)}{unit})"
-    for arm in table.arm.unique():
-        m = lambda name: _mean(table, p + name, arm)
-        rows.append({'arm': arm, 'student accuracy': fmt(m('accuracy')), 'teacher accuracy': fmt(m('teacher_accuracy')),
-                     f'retention (goal {fmt(rg, 2)})': meets(m('accuracy_retention'), rg),
-                     f'speed-up (goal {fmt(sg, 2)}x)': meets(m('speedup_vs_teacher'), sg, 'x'),
-                     'train s': fmt(m('train_time_s'), 3), 'train s incl. teacher': fmt(m('train_time_with_teacher_s'), 3),
-                     'precision that ran': ', '.join(sorted({r['info'].get(p + 'precision_used', '?') for r in records if r['arm'] == arm})),
-                     'student training energy (mean)': (lambda j: '-' if np.isnan(j) else f'{fmt(j, 4)} J')(m('train_energy_j'))})
-    return html_table(pd.DataFrame(rows))
+    "Per arm, means over seeds: the goals' metrics, the training cost with and without the teacher, and the precision and energy counter as run."
+    ran = lambda arm, key: ', '.join(sorted({str(r['info'].get(p + key, '?')) for r in records if r['arm'] == arm}))
+    return html_table(pd.DataFrame([{'arm': arm, **{c: fmt(_mean(table, p + m, arm), 3) for c, m in _COLUMNS},
+                                     'precision that ran': ran(arm, 'precision_used'), 'energy counter': ran(arm, 'energy_counter')}
+                                    for arm in table.arm.unique()]))
 
 def sections(records:list, # the runner's records
              table, # the long results table (`runner.results_table`)
             ) -> list:
-    "Goals vs measurements with the precision and energy as run (each part), the teachers' one-off costs, and loss curves."
-    halves = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)]
-    counters = lambda p: '; '.join(esc(x) for x in sorted({r['info'].get(p + 'energy_counter', '') for r in records}))
-    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(_goal('retention'), 2)} and inference speed-up ≥ "
-             f"{fmt(_goal('speed'), 2)}x.</p>" + ''.join(f'<h4>{esc(t)}</h4><p>Energy counter: {counters(p)}.</p>{_goals(records, table, p)}' for p, t in halves))
-    teacher_html = ("<p>Each teacher is trained once and its outputs are cached; every distilled arm is charged the full one-off "
-                    "cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p><ul>" +
-                    ''.join(f"<li>{esc(t)}: {esc(x)}; forward pass for the cache {fmt(_mean(table, p + 'teacher_forward_s', 'last3_fp32'), 3)} s</li>"
-                            for p, t in halves for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records})) + '</ul>')
+    "Goals vs measurements with the precision and energy as run (each part), the teachers' records, and loss curves."
+    halves, goal = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)], {c.id: c.threshold for c in claims()}
+    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(goal['retention'], 2)} and inference speed-up ≥ "
+             f"{fmt(goal['speed'], 2)}x. Each teacher is trained once and its outputs are cached; every distilled arm is charged the full "
+             "one-off cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p>" +
+             ''.join(f"<h4>{esc(t)}</h4>{_goals(records, table, p)}<p>{'<br>'.join(esc(x) for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records}))}</p>"
+                     for p, t in halves))
     fig = Figure(figsize=(7 * len(halves), 3.2))
     for n, (p, t) in enumerate(halves):
-        ax = seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)")
-        ax.set_title(t, fontsize=9)
+        seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)").set_title(t, fontsize=9)
     fig.tight_layout()
-    return [('Goals: speed-up and accuracy retention', goals), ("The teachers' one-off cost", teacher_html), ('Training curves', fig_to_img(fig))]
+    return [("Goals, and the teachers' one-off cost", goals), ('Training curves', fig_to_img(fig))]
 
 # %% ../../nbs/40_distill.ipynb #c057
 def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
