@@ -17,7 +17,7 @@ __all__ = ['HUB_MODELS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params', 'stat
            'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir', 'pretrained_path', 'bert_tokenizer',
            'load_pretrained', 'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained',
            'masked_mean_pool', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
-           'hidden_states', 'hidden_shapes']
+           'hidden_states', 'hidden_shapes', 'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -297,3 +297,20 @@ def hidden_shapes(model:nn.Module, data, # as for `hidden_states`
     paths = hidden_paths(model)
     with HiddenCapture(model.eval(), paths, detach=True) as cap: model(*[a.to(next(model.parameters()).device) for a in data.inputs([0])[0]])
     return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
+
+# %% ../nbs/02_models.ipynb #c033
+from .core import current_device
+from .train import predict, to_device
+
+def model_logits(model:nn.Module, # a classifier taking `data.inputs(idx)[0]`
+                 data, # `data.Tokens` or `data.Images`
+                 batch_size:int=64, # examples per forward pass
+                 device:str|None=None) -> torch.Tensor: # default: `current_device()`
+    "Logits of `model` on every example of `data` (`train.predict`: fp32, eval mode) in the examples' order, whatever the batching."
+    device = device or current_device()
+    batches = [torch.tensor(b) for b in data.eval_batches(batch_size)]
+    def forward(m, b):
+        args, y, _ = data.inputs(b[0].tolist())
+        return m(*to_device(args, device)), y
+    logits, _ = predict(model, [(b,) for b in batches], forward=forward, device=device)
+    return logits[torch.argsort(torch.cat(batches))]

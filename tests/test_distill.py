@@ -1,7 +1,7 @@
 """distill: the teacher caches (core.disk_cached), a small paired run end to end through the runner and the report, the dryrun
 cell, and the vision half on the CIFAR-10 mirror and on its digits stand-in (smoke profile). Checks of single functions live
 beside them in nbs/40_distill.ipynb."""
-import dataclasses
+import dataclasses, math
 import numpy as np
 import pytest
 import torch
@@ -67,7 +67,7 @@ def test_cache_estimate_refuses_before_allocating(cache, monkeypatch, capsys):
     monkeypatch.setattr(measure, 'available_bytes', lambda *a, **k: 1000)
     monkeypatch.setattr(d, "hidden_states", lambda *a, **k: pytest.fail('allocated before the memory check'))
     with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'nlp', 'smoke', rec, layers=range(6))
-    want = d.cache_bytes(d.hidden_shapes(t, tr, p['n_train']), range(6))
+    want = sum(2 * math.prod(s) for s in d.hidden_shapes(t, tr, p['n_train']).values())
     assert want == 2 * 6 * 384 * int(tr.lengths[:p['n_train']].sum())  # fp16 packed states of 6 layers
     assert 'NLP teacher cache' in capsys.readouterr().out
 
