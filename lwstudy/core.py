@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice', 'by_profile',
-           'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device', 'param_hash',
-           'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable', 'cache_path',
-           'disk_cached', 'git_commit', 'package_versions', 'native_bf16', 'device_name', 'environment',
-           'parallel_imap']
+__all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'SHARD_BYTES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice',
+           'by_profile', 'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device',
+           'param_hash', 'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable',
+           'cache_path', 'disk_cached', 'disk_cached_rows', 'git_commit', 'package_versions', 'native_bf16',
+           'device_name', 'environment', 'parallel_imap']
 
 # %% ../nbs/00_core.ipynb #c005
 class BadInput(ValueError):
@@ -185,6 +185,37 @@ def disk_cached(namespace:str, # a folder under `cache_dir()`, e.g. the techniqu
                   file=sys.stderr)
     out = compute()
     buf = io.BytesIO(); torch.save(out, buf); atomic_write(f, buf.getvalue())
+    return out
+
+# %% ../nbs/00_core.ipynb #c021h
+import math, shutil
+SHARD_BYTES = 2 ** 29  # bytes: the largest chunk of one tensor `disk_cached_rows` writes (512 MiB; a chunk is held twice while written)
+
+def disk_cached_rows(namespace:str, # a folder under `cache_dir()`, e.g. the technique's name
+                     entries:dict, # name -> (key, tag, shape): each tensor's cache key and file tag, and its full shape (rows first)
+                     compute, # (lo, hi, names) -> {name: rows of examples lo..hi-1} for the `names` a chunk lacks
+                     n:int, # examples
+                     row_of=None, # example i -> its first row (variable rows per example); None: row i
+                     multiple:int=1, # a chunk holds a multiple of this many examples (whole batches)
+                     dtype=torch.float16, # of the tensors
+                     what:str='', # names the tensors in the message printed when they stay in memory only
+                    ) -> dict:
+    "A tensor per entry, filled chunk by chunk of examples, each chunk read from its `disk_cached` file (key + `rows=[lo, hi]`) or computed."
+    if not entries: return {}
+    row_of, size = row_of or (lambda i: i), torch.empty(0, dtype=dtype).element_size()
+    nbytes = {k: size * math.prod(shape) for k, (_, _, shape) in entries.items()}
+    if not (keep := shutil.disk_usage(cache_dir()).free > 1.1 * sum(nbytes.values())):
+        print(f'{what or namespace} {list(entries)} ({sum(nbytes.values()) / 1e9:.1f} GB) kept in memory only: no room on disk')
+    step = max(multiple, int(SHARD_BYTES * n / max(nbytes.values())) // multiple * multiple)
+    out = {k: torch.empty(shape, dtype=dtype) for k, (_, _, shape) in entries.items()}
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        ck = {k: (dict(key, rows=[lo, hi]), tag) for k, (key, tag, _) in entries.items()}
+        need = [k for k in entries if not (keep and cache_path(namespace, ck[k][0], ck[k][1]).exists())]
+        fresh = compute(lo, hi, need) if need else {}
+        get = lambda k: fresh[k] if k in fresh else compute(lo, hi, [k])[k]  # an unreadable file is recomputed
+        for k in entries:
+            out[k][row_of(lo):row_of(hi)] = disk_cached(namespace, ck[k][0], lambda: get(k), ck[k][1]) if keep else get(k)
     return out
 
 # %% ../nbs/00_core.ipynb #c023

@@ -18,7 +18,8 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'shakespeare_dir', 'shakespeare_lines', 'shakespeare_passages', 'standin_text_classification', 'standin_lm',
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
-           'split_frame', 'decode_images', 'image_tensors']
+           'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
+           'text_tokens', 'image_set']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -451,3 +452,148 @@ def image_tensors(name:str, split:str, profile:str='quick', n:int|None=None, see
         _decoded[key] = np.ascontiguousarray(x.transpose(0, 3, 1, 2)), df[info.label].to_numpy().astype(np.int64)
     x, y = _decoded[key]
     return torch.from_numpy(x), torch.from_numpy(y)
+
+# %% ../nbs/01_data.ipynb #c020c
+import torch
+from torch import nn
+import torch.nn.functional as F
+from .core import make_generator
+
+def _until(steps:int|None, # batches in all; None: one epoch
+           epoch, # () -> the batches of one epoch
+          ) -> list:
+    "Batches from `epoch()` (one epoch per call) until `steps` of them (one epoch when None)."
+    out = []
+    while True:
+        out += epoch()
+        if steps is None or len(out) >= steps: return out if steps is None else out[:steps]
+
+class Tokens:
+    "Token ids of a list of texts (unpadded, truncated to `max_len`) with labels; `batch(idx)` pads to the longest."
+    def __init__(self, texts, labels, # the texts and their integer labels
+                 tokenizer, # a `transformers` tokenizer
+                 max_len:int=64): # tokens per text at most
+        enc = tokenizer(list(texts), truncation=True, max_length=max_len)
+        self.ids = [torch.tensor(x, dtype=torch.long) for x in enc['input_ids']]
+        self.lengths = torch.tensor([len(x) for x in self.ids])
+        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __len__(self): return len(self.ids)
+
+    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "(input_ids, attention_mask, labels) of the examples `idx`, padded to the longest of them."
+        idx = [int(i) for i in idx]
+        ids = nn.utils.rnn.pad_sequence([self.ids[i] for i in idx], batch_first=True, padding_value=self.pad_id)
+        mask = (torch.arange(ids.shape[1])[None] < self.lengths[idx][:, None]).long()
+        return ids, mask, self.labels[idx]
+
+    def inputs(self, idx) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+        "The model's inputs `(input_ids, attention_mask)`, the labels and the mask of real tokens for examples `idx`."
+        ids, mask, y = self.batch(idx)
+        return (ids, mask), y, mask
+
+    def eval_batches(self, batch_size:int=64) -> list:
+        "Index batches in order of length (little padding), covering every example once."
+        order = torch.argsort(self.lengths, stable=True).tolist()
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def train_batches(self, n:int, # use the first `n` examples
+                      batch_size:int, seed:int, # examples per batch; the order's seed
+                      steps:int|None=None, # batches in all (epochs repeat); None: one epoch
+                      bucket:int=16, # a batch is drawn from a pool of `bucket` batches sorted by length
+                     ) -> list:
+        "Shuffled, length-bucketed index batches of the first `n` examples, epochs until `steps`."
+        g = make_generator(seed, stream=1)
+        def epoch():
+            perm, batches = torch.randperm(n, generator=g), []
+            for i in range(0, n, batch_size * bucket):
+                pool = perm[i:i + batch_size * bucket]
+                pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+                batches += [pool[j:j + batch_size] for j in range(0, len(pool), batch_size)]
+            return [(batches[i],) for i in torch.randperm(len(batches), generator=g).tolist()]
+        return _until(steps, epoch)
+
+def pack(hidden:torch.Tensor, # (B, L, d)
+         mask:torch.Tensor, # (B, L), 1 at real tokens
+        ) -> torch.Tensor:
+    "The rows of `hidden` (B, L, d) at real tokens (`mask` (B, L) 1), in order, as (tokens, d)."
+    return hidden[mask.bool()]
+
+def unpack(packed:torch.Tensor, # (tokens, d) as `pack` made it, examples one after another
+           offsets:torch.Tensor, # example i's rows are packed[offsets[i]:offsets[i + 1]]
+           idx, # the examples wanted, in order
+           length:int, # pad every example to this many positions
+          ) -> torch.Tensor:
+    "A (len(idx), length, d) float32 tensor of the packed examples `idx`, zero-padded."
+    rows = [packed[offsets[i]:offsets[i + 1]] for i in idx]
+    out = nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
+    return F.pad(out, (0, 0, 0, length - out.shape[1]))
+
+class Images:
+    "Images `x` (N, C, H, W) with labels `y`, with the batching interface of `Tokens`."
+    def __init__(self, x:torch.Tensor, y:torch.Tensor): self.x, self.labels = x, y
+    def __len__(self): return len(self.labels)
+
+    def inputs(self, idx) -> tuple[tuple, torch.Tensor, None]:
+        "The model's inputs `(images,)`, the labels, and no mask (every pixel counts)."
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return (self.x[idx],), self.labels[idx], None
+
+    def eval_batches(self, batch_size:int=256) -> list:
+        "Index batches in order, covering every image once."
+        return [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
+
+    def train_batches(self, n:int, # use the first `n` images
+                      batch_size:int, seed:int, # images per batch; the order's seed
+                      steps:int|None=None, # batches in all (epochs repeat); None: one epoch
+                     ) -> list:
+        "Shuffled full batches of the first `n` images, reshuffled every epoch, until `steps` batches (one epoch if None)."
+        g = make_generator(seed, stream=1)
+        def epoch():
+            perm = torch.randperm(n, generator=g)
+            return [(perm[i:i + batch_size],) for i in range(0, n - batch_size + 1, batch_size)]
+        return _until(steps, epoch)
+
+def flip_crop(seed:int=0, # the flips' and crops' seed (stream 2 of `core.make_generator`)
+              pad:int=4, # zero padding, so crops shift by up to `pad` pixels
+             ):
+    "The standard CIFAR augmentation: random horizontal flips and random crops of the image zero-padded by `pad`."
+    g = make_generator(seed, stream=2)
+    def augment(x):
+        B, _, H, W = x.shape
+        flip = (torch.rand(B, generator=g) < 0.5).to(x.device)
+        x = F.pad(torch.where(flip[:, None, None, None], x.flip(-1), x), (pad,) * 4)
+        i, j = torch.randint(0, 2 * pad + 1, (2, B), generator=g).tolist()
+        return (torch.stack([x[b, :, i[b]:i[b] + H, j[b]:j[b] + W] for b in range(B)]),)
+    return augment
+
+# %% ../nbs/01_data.ipynb #c020f
+@functools.cache
+def _text_tokens(name:str, split:str, profile:str, source:str, n:int|None, tokenizer:str, max_len:int, text:str, label:str) -> Tokens:
+    from lwstudy.models import bert_tokenizer  # models imports data
+    df = take(load(name, split, profile), n, seed=0)
+    return Tokens(df[text], df[label], bert_tokenizer(tokenizer, profile), max_len)
+
+def text_tokens(name:str, split:str, profile:str, # a registry name, its split, the profile (which source may serve it)
+                n:int|None, # rows (a fixed random subset, `take`); None: all
+                tokenizer:str, max_len:int=64, # a `models.HUB_MODELS` name; tokens per text at most
+                text:str='sentence', label:str='label', # the columns
+               ) -> tuple[Tokens, str]:
+    "`n` rows of a text-classification split as `Tokens` (once per process and source), and the source."
+    source = take(load(name, split, profile), n, seed=0).attrs['source']
+    return _text_tokens(name, split, profile, source, n, tokenizer, max_len, text, label), source
+
+@functools.cache
+def _image_set(name:str, split:str, profile:str, source:str, n:int|None, size:int|None) -> Images:
+    x, y = image_tensors(name, split, profile, n, seed=0)
+    return Images(x if size in (None, x.shape[-1]) else F.adaptive_avg_pool2d(x, size).contiguous(), y)
+
+def image_set(name:str, split:str, profile:str, # a registry name, its split, the profile (which source may serve it)
+              n:int|None=None, # images (a fixed random subset); None: all
+              size:int|None=None, # pixels a side, average-pooled down to (None: as decoded)
+             ) -> tuple[Images, str]:
+    "`n` images of a split as `Images` of `size` pixels (once per process and source), and the source."
+    image_tensors(name, split, profile, n, seed=0)  # resolves the source (and records it)
+    source = [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
+    return _image_set(name, split, profile, source, n, size), source

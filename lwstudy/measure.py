@@ -14,7 +14,8 @@ from .core import BadInput, check_choice, current_device
 
 # %% auto #0
 __all__ = ['MEMORY_PLACES', 'sync', 'time_it', 'PeakTensorMemory', 'peak_memory_mb', 'count_flops', 'fmt_bytes',
-           'available_bytes', 'require_memory']
+           'available_bytes', 'require_memory', 'energy_counter', 'measure_energy', 'inference_ms',
+           'require_training_memory']
 
 # %% ../nbs/04_measure.ipynb #c005
 def sync(device:str|None=None):
@@ -150,3 +151,46 @@ def require_memory(what:str, # what needs the memory, e.g. 'dryrun: teacher cach
     print(msg)
     if nbytes > avail: raise BadInput(f"not enough memory: {msg}; use a smaller profile or sizes, or a larger machine")
     return avail
+
+# %% ../nbs/04_measure.ipynb #c016e
+def energy_counter(device:str) -> tuple:
+    "(a function reading a cumulative energy counter in joules, or None; what it reads, or why there is none) for `device`."
+    if device == 'cuda':
+        try:
+            import pynvml
+            pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() or 0); pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        except ImportError: return None, 'not measured: nvidia-ml-py (pynvml) is not installed'
+        except Exception as e: return None, f'not measured: NVML reports no energy counter on this GPU ({e})'
+        return (lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000), f'NVML total energy of the GPU ({torch.cuda.get_device_name()})'
+    domains = [d/'energy_uj' for d in sorted(Path('/sys/class/powercap').glob('intel-rapl:*')) if d.name.count(':') == 1]
+    readable = [f for f in domains if os.access(f, os.R_OK)]
+    if not readable: return None, 'not measurable here: this host exposes no readable RAPL energy counter (/sys/class/powercap)'
+    return (lambda: sum(int(f.read_text()) for f in readable) / 1e6), f'RAPL package energy, {len(readable)} package(s) (whole CPU, not this process alone)'
+
+def measure_energy(fn, # () -> anything: the work measured
+                   device:str, # whose counter is read (`energy_counter`)
+                  ) -> tuple:
+    "(`fn()`, joules the counter of `device` advanced meanwhile or None, what was read or why not)."
+    read, what = energy_counter(device)
+    if read is None: return fn(), None, what
+    e0 = read(); out = fn(); sync(device); e1 = read()
+    return out, (e1 - e0 if e1 >= e0 else None), what  # a counter that wrapped gives no number
+
+@torch.no_grad()
+def inference_ms(models:dict, # name -> model, timed interleaved
+                 batches:list, # each batch's positional arguments (a tuple), already on `device`
+                 repeats:int=3, # timed rounds (each runs every model on every batch)
+                 device:str|None=None) -> dict:
+    "Median ms per batch of each model (eval mode, no gradients) over the same `batches`, the models interleaved (`time_it`, 1 warm-up)."
+    device = device or current_device()
+    for m in models.values(): m.to(device).eval()
+    t = time_it({name: (lambda m=m: [m(*args) for args in batches]) for name, m in models.items()}, warmup=1, repeats=repeats, device=device)
+    return {k: v['median_s'] * 1000 / len(batches) for k, v in t.items()}
+
+def require_training_memory(what:str, # what is trained, for the printed estimate
+                            model:torch.nn.Module, # its trainable size: all its parameters
+                            device:str, # where it trains (GPU memory on CUDA, else RAM)
+                           ) -> int:
+    "`require_memory` for AdamW training of `model` besides activations: fp32 weights, gradients and two moments (16 bytes a parameter)."
+    return require_memory(f'{what}: weights, gradients and AdamW state (activations excluded)', 16 * sum(p.numel() for p in model.parameters()),
+                          device, 'GPU' if str(device).startswith('cuda') else 'RAM')

@@ -16,7 +16,8 @@ from .data import announce, hub_reachable
 __all__ = ['HUB_MODELS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock',
            'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir', 'pretrained_path', 'bert_tokenizer',
            'load_pretrained', 'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained',
-           'masked_mean_pool']
+           'masked_mean_pool', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
+           'hidden_states', 'hidden_shapes', 'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -207,3 +208,109 @@ def masked_mean_pool(hidden:torch.Tensor, # token states (batch, time, dim)
         raise BadInput(f"mask shape {tuple(mask.shape)} does not match hidden {tuple(hidden.shape)}; allowed: (batch, time) = {tuple(hidden.shape[:2])}")
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+# %% ../nbs/02_models.ipynb #c029
+class HiddenCapture:
+    "Within `with`, record the output of each module of `model` named in `paths` into `.outputs[path]`."
+    def __init__(self, model:nn.Module, # the model whose modules are hooked
+                 paths, # module paths (`named_modules` names) to record
+                 detach:bool=False): # store detached outputs (no graph)
+        mods = dict(model.named_modules())
+        missing = [p for p in paths if p not in mods]
+        if missing: raise KeyError(f'no module named {missing} in {type(model).__name__}')
+        self.paths, self.detach, self.outputs, self._handles = list(paths), detach, {}, []
+        self._mods = {p: mods[p] for p in self.paths}
+
+    def _hook(self, path):
+        def hook(module, args, output):
+            o = output[0] if isinstance(output, (tuple, list)) else output  # transformers layers may return a tuple
+            self.outputs[path] = o.detach() if self.detach else o
+        return hook
+
+    def __enter__(self):
+        self.outputs, self._handles = {}, [m.register_forward_hook(self._hook(p)) for p, m in self._mods.items()]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles: h.remove()
+        self._handles = []
+
+class TextClassifier(nn.Module):
+    "A BERT-family encoder, masked mean pooling, dropout and a linear head."
+    def __init__(self, encoder:nn.Module, # a `transformers` BertModel-like encoder
+                 n_classes:int=2, dropout:float=0.1): # head outputs; dropout before the head
+        super().__init__()
+        self.encoder, self.drop = encoder, nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.drop(masked_mean_pool(h, attention_mask)))
+
+    @property
+    def n_layers(self) -> int: return len(self.encoder.encoder.layer)
+
+def layer_path(k:int) -> str:
+    "Module path of transformer layer `k` (0-based) inside a `TextClassifier`."
+    return f'encoder.encoder.layer.{k}'
+
+def hidden_paths(model:nn.Module) -> list[str]:
+    "Module paths of the hidden states of `model`: transformer layers (`TextClassifier`) or ResNet stages."
+    if isinstance(model, TextClassifier): return [layer_path(k) for k in range(model.n_layers)]
+    if isinstance(model, ResNet): return [f'layer{k + 1}' for k in range(4)]
+    raise TypeError(f'no hidden-state paths known for {type(model).__name__}')
+
+def hidden_dims(model:nn.Module) -> list[int]:
+    "Width of each hidden state in `hidden_paths(model)`: the hidden size, or a stage's output channels."
+    if isinstance(model, TextClassifier): return [model.encoder.config.hidden_size] * model.n_layers
+    if isinstance(model, ResNet):
+        w, e = model.stem[0].out_channels, type(model.layer1[0]).expansion
+        return [w * 2 ** k * e for k in range(4)]
+    raise TypeError(f'no hidden-state widths known for {type(model).__name__}')
+
+# %% ../nbs/02_models.ipynb #c031
+from .data import Tokens, pack
+
+@torch.no_grad()
+def hidden_states(model:nn.Module, # a `TextClassifier` or `ResNet` (`hidden_paths`)
+                  data, # `data.Tokens` or `data.Images`
+                  idx:list, # the examples, in order
+                  layers, # indices into `hidden_paths(model)`
+                  device:str, batch_size:int=64, # where the model runs; examples per forward pass
+                 ) -> dict:
+    "The fp16 states of `layers` on the examples `idx`, in order, on the CPU: token states packed (`data.pack`), feature maps whole."
+    paths, out = hidden_paths(model), {k: [] for k in layers}
+    for i in range(0, len(idx), batch_size):
+        args, _, mask = data.inputs(idx[i:i + batch_size])
+        with HiddenCapture(model, [paths[k] for k in layers], detach=True) as cap: model(*[a.to(device) for a in args])
+        for k in layers:
+            h = cap.outputs[paths[k]]
+            out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+@torch.no_grad()
+def hidden_shapes(model:nn.Module, data, # as for `hidden_states`
+                  n:int, # the first `n` examples of `data`
+                 ) -> dict:
+    "Shape of `hidden_states` of each layer on the first `n` examples: (real tokens, d) for token states, (n, C, H, W) for feature maps."
+    if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(model))}
+    paths = hidden_paths(model)
+    with HiddenCapture(model.eval(), paths, detach=True) as cap: model(*[a.to(next(model.parameters()).device) for a in data.inputs([0])[0]])
+    return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
+
+# %% ../nbs/02_models.ipynb #c033
+from .core import current_device
+from .train import predict, to_device
+
+def model_logits(model:nn.Module, # a classifier taking `data.inputs(idx)[0]`
+                 data, # `data.Tokens` or `data.Images`
+                 batch_size:int=64, # examples per forward pass
+                 device:str|None=None) -> torch.Tensor: # default: `current_device()`
+    "Logits of `model` on every example of `data` (`train.predict`: fp32, eval mode) in the examples' order, whatever the batching."
+    device = device or current_device()
+    batches = [torch.tensor(b) for b in data.eval_batches(batch_size)]
+    def forward(m, b):
+        args, y, _ = data.inputs(b[0].tolist())
+        return m(*to_device(args, device)), y
+    logits, _ = predict(model, [(b,) for b in batches], forward=forward, device=device)
+    return logits[torch.argsort(torch.cat(batches))]

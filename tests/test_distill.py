@@ -1,7 +1,7 @@
 """distill: the teacher caches (core.disk_cached), a small paired run end to end through the runner and the report, the dryrun
 cell, and the vision half on the CIFAR-10 mirror and on its digits stand-in (smoke profile). Checks of single functions live
 beside them in nbs/40_distill.ipynb."""
-import dataclasses
+import dataclasses, math
 import numpy as np
 import pytest
 import torch
@@ -15,7 +15,8 @@ def cache(tmp_path_factory):
     import os
     path, old = tmp_path_factory.mktemp('distill') / 'cache', os.environ.get('LWSTUDY_CACHE')
     os.environ['LWSTUDY_CACHE'] = str(path)
-    d._tokenised.cache_clear(); d._images.cache_clear()
+    from lwstudy import data
+    data._text_tokens.cache_clear(); data._image_set.cache_clear()
     yield path
     if old is None: os.environ.pop('LWSTUDY_CACHE', None)
     else: os.environ['LWSTUDY_CACHE'] = old
@@ -36,7 +37,7 @@ def test_teacher_is_cached_and_reused(cache, monkeypatch):
     assert sorted(out['hidden']) == [3, 5] and out['offsets'][-1] == out['hidden'][3].shape[0] == int(tr.lengths[:p['n_train']].sum())
     layer_files = sorted(f.name.split('_')[2] for f in cache.glob('distill/teacher_hidden_L?_*.pt'))
     assert layer_files == ['L3', 'L5']  # only the layers asked for are cached
-    monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('cached layers were computed again'))
+    monkeypatch.setattr(d, "hidden_states", lambda *a, **k: pytest.fail('cached layers were computed again'))
     again = d.teacher_outputs(t2, p, 'nlp', 'smoke', rec2, layers=[3])
     assert torch.equal(again['hidden'][3], out['hidden'][3]) and sorted(again['hidden']) == [3]
 
@@ -64,9 +65,9 @@ def test_cache_estimate_refuses_before_allocating(cache, monkeypatch, capsys):
     t, rec = d.get_teacher(p, 'nlp', 'smoke')
     tr, _, _ = d.sst2_tokens(p, 'smoke')
     monkeypatch.setattr(measure, 'available_bytes', lambda *a, **k: 1000)
-    monkeypatch.setattr(d, 'teacher_hidden', lambda *a, **k: pytest.fail('allocated before the memory check'))
+    monkeypatch.setattr(d, "hidden_states", lambda *a, **k: pytest.fail('allocated before the memory check'))
     with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'nlp', 'smoke', rec, layers=range(6))
-    want = d.cache_bytes(d.hidden_shapes(t, tr, p['n_train']), range(6))
+    want = sum(2 * math.prod(s) for s in d.hidden_shapes(t, tr, p['n_train']).values())
     assert want == 2 * 6 * 384 * int(tr.lengths[:p['n_train']].sum())  # fp16 packed states of 6 layers
     assert 'NLP teacher cache' in capsys.readouterr().out
 
@@ -83,11 +84,12 @@ def test_mixed_precision_is_resolved_in_fit_not_at_import(monkeypatch):
 
 
 def test_mixed_cell_on_cpu_says_what_ran(cache):
+    from lwstudy import measure
     from lwstudy.train import resolve_precision
     out = d.fit_part(d.arms('smoke')['alone_mixed'], 'vision', 0, 'smoke', 'cpu')
     assert out['precision_used'] == resolve_precision('mixed', 'cpu') and out['precision_used'] != 'fp16'
-    assert out['energy_counter'] == d.energy_counter('cpu')[1]
-    assert ('train_energy_j' in out) == (d.energy_counter('cpu')[0] is not None)
+    assert out['energy_counter'] == measure.energy_counter('cpu')[1]
+    assert ('train_energy_j' in out) == (measure.energy_counter('cpu')[0] is not None)
 
 
 def test_small_paired_run_and_report(home, cache):
@@ -116,7 +118,7 @@ def test_small_paired_run_and_report(home, cache):
     assert (v.vision_speedup_vs_teacher > 0).all() and (v.vision_student_params < v.vision_teacher_params).all()
     page = write_report(spec, 'smoke', home / 'reports', store)
     text = page.read_text()
-    assert 'Goals: speed-up and accuracy retention' in text and 'one-off cost' in text and 'ResNet-50 -&gt; ResNet-18' in text
+    assert 'Goals, and the teachers' in text and 'one-off cost' in text and 'ResNet-50 -&gt; ResNet-18' in text
 
 
 @pytest.mark.needs_data

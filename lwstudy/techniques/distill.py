@@ -4,92 +4,30 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy, functools, math, os, shutil
-from pathlib import Path
+import copy, math
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
-from ..core import BadInput, by_profile, cache_dir, cache_path, check_choice, current_device, disk_cached, make_generator
-from ..data import image_tensors, load, scale_to_available, sources_used, take
-from ..measure import peak_memory_mb, require_memory, sync, time_it
-from ..models import ResNet, bert_tokenizer, count_params, from_config_or_pretrained, masked_mean_pool, resnet18, resnet50
+from ..core import BadInput, by_profile, cache_path, check_choice, current_device, disk_cached, disk_cached_rows
+from ..data import Images, Tokens, flip_crop, image_set, scale_to_available, text_tokens, unpack
+from ..measure import inference_ms, measure_energy, peak_memory_mb, require_memory, require_training_memory, time_it
+from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims,
+                            hidden_paths, hidden_shapes, hidden_states, model_logits, resnet18, resnet50)
 from ..report import esc, fig_to_img, fmt, html_table, seed_curves
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, part_params
-from ..train import WarmupLinear, classification_scores, predict, resolve_precision, to_device, train
+from ..train import WarmupLinear, classification_scores, resolve_precision, to_device, train
 
 # %% auto #0
-__all__ = ['LAYER_SCHEMES', 'SHARD_BYTES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY',
-           'CHANCE_MARGIN', 'METRICS', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
-           'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers', 'Tokens',
-           'pack', 'unpack', 'Images', 'flip_crop', 'model_logits', 'train_teacher', 'hidden_shapes', 'cache_bytes',
-           'teacher_hidden', 'cached_hidden', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher',
-           'teacher_outputs', 'distill_loss_fn', 'distill_student', 'inference_ms', 'energy_counter', 'is_distilled',
-           'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'gate_reduced', 'claims',
-           'sections', 'spec']
-
-# %% ../../nbs/40_distill.ipynb #c005
-class HiddenCapture:
-    "Within `with`, record the output of each module of `model` named in `paths` into `.outputs[path]`."
-    def __init__(self, model:nn.Module, # the model whose modules are hooked
-                 paths, # module paths (`named_modules` names) to record
-                 detach:bool=False): # store detached outputs (no graph)
-        mods = dict(model.named_modules())
-        missing = [p for p in paths if p not in mods]
-        if missing: raise KeyError(f'no module named {missing} in {type(model).__name__}')
-        self.paths, self.detach, self.outputs, self._handles = list(paths), detach, {}, []
-        self._mods = {p: mods[p] for p in self.paths}
-
-    def _hook(self, path):
-        def hook(module, args, output):
-            o = output[0] if isinstance(output, (tuple, list)) else output  # transformers layers may return a tuple
-            self.outputs[path] = o.detach() if self.detach else o
-        return hook
-
-    def __enter__(self):
-        self.outputs, self._handles = {}, [m.register_forward_hook(self._hook(p)) for p, m in self._mods.items()]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles: h.remove()
-        self._handles = []
-
-# %% ../../nbs/40_distill.ipynb #c007
-class TextClassifier(nn.Module):
-    "A BERT-family encoder, masked mean pooling, dropout and a linear head."
-    def __init__(self, encoder:nn.Module, n_classes:int=2, dropout:float=0.1):
-        super().__init__()
-        self.encoder, self.drop = encoder, nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
-
-    def forward(self, input_ids, attention_mask):
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.drop(masked_mean_pool(h, attention_mask)))
-
-    @property
-    def n_layers(self) -> int: return len(self.encoder.encoder.layer)
-
-def layer_path(k:int) -> str:
-    "Module path of transformer layer `k` (0-based) inside a `TextClassifier`."
-    return f'encoder.encoder.layer.{k}'
+__all__ = ['LAYER_SCHEMES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
+           'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers',
+           'train_teacher', 'cached_hidden', 'cached_state', 'sst2_tokens', 'vision_sizes', 'cifar_images',
+           'get_teacher', 'teacher_outputs', 'distill_loss_fn', 'distill_student', 'is_distilled', 'train_and_measure',
+           'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'claims', 'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c011
-def hidden_paths(model:nn.Module) -> list[str]:
-    "Module paths of the hidden states of `model` that distillation can match: transformer layers or ResNet stages."
-    if isinstance(model, TextClassifier): return [layer_path(k) for k in range(model.n_layers)]
-    if isinstance(model, ResNet): return [f'layer{k + 1}' for k in range(4)]
-    raise TypeError(f'no hidden-state paths known for {type(model).__name__}')
-
-def hidden_dims(model:nn.Module) -> list[int]:
-    "Width of each hidden state in `hidden_paths(model)`: the hidden size, or a stage's output channels."
-    if isinstance(model, TextClassifier): return [model.encoder.config.hidden_size] * model.n_layers
-    if isinstance(model, ResNet):
-        w, e = model.stem[0].out_channels, type(model.layer1[0]).expansion
-        return [w * 2 ** k * e for k in range(4)]
-    raise TypeError(f'no hidden-state widths known for {type(model).__name__}')
-
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
                     d_student:int, # the student state's width (hidden size or channels)
                     d_teacher:int, # the teacher state's
@@ -136,7 +74,8 @@ def masked_mse(student_h, # (B, L, d) token states or (B, C, H, W) feature maps
     m = mask.to(d2.dtype).reshape(*mask.shape, *([1] * (d2.dim() - mask.dim())))
     return (d2 * m).sum() / (m.sum() * d2[0].numel() / m[0].numel())
 
-def distill_loss(student_logits, labels,
+def distill_loss(student_logits, # (B, C)
+                 labels, # (B,) class indices
                  teacher_logits=None, # None: no soft-target term
                  pairs=(), # (student hidden, teacher hidden) tensors, already projected to the teacher's width
                  mask=None, # real-token mask of the hidden states (None: every position counts)
@@ -162,267 +101,81 @@ def student_from_layers(encoder:nn.Module, # a BERT-family encoder (`transformer
     for dst, src in zip(student.encoder.layer, layers): dst.load_state_dict(encoder.encoder.layer[src].state_dict())
     return student
 
-# %% ../../nbs/40_distill.ipynb #c031
-def _until(steps:int|None, epoch) -> list:
-    "Batches from `epoch()` (one epoch per call) until `steps` of them (one epoch when None)."
-    out = []
-    while True:
-        out += epoch()
-        if steps is None or len(out) >= steps: return out if steps is None else out[:steps]
-
-class Tokens:
-    "Token ids of a list of texts (unpadded, truncated to `max_len`) with labels; `batch(idx)` pads to the longest."
-    def __init__(self, texts, labels, tokenizer, max_len:int=64):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_len)
-        self.ids = [torch.tensor(x, dtype=torch.long) for x in enc['input_ids']]
-        self.lengths = torch.tensor([len(x) for x in self.ids])
-        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
-        self.pad_id = tokenizer.pad_token_id or 0
-
-    def __len__(self): return len(self.ids)
-
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "(input_ids, attention_mask, labels) of the examples `idx`, padded to the longest of them."
-        idx = [int(i) for i in idx]
-        ids = nn.utils.rnn.pad_sequence([self.ids[i] for i in idx], batch_first=True, padding_value=self.pad_id)
-        mask = (torch.arange(ids.shape[1])[None] < self.lengths[idx][:, None]).long()
-        return ids, mask, self.labels[idx]
-
-    def inputs(self, idx) -> tuple[tuple, torch.Tensor, torch.Tensor]:
-        "The model's inputs `(input_ids, attention_mask)`, the labels and the mask of real tokens for examples `idx`."
-        ids, mask, y = self.batch(idx)
-        return (ids, mask), y, mask
-
-    def teacher_hidden(self, cached:dict, layer:int, idx, inputs) -> torch.Tensor:
-        "The cached teacher hidden state of `layer` for examples `idx`, padded like `inputs`."
-        return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
-
-    def eval_batches(self, batch_size:int=64) -> list:
-        "Index batches in order of length (little padding), covering every example once."
-        order = torch.argsort(self.lengths, stable=True).tolist()
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-    def train_batches(self, n:int, # use the first `n` examples
-                      batch_size:int, seed:int,
-                      steps:int|None=None, # batches in all (epochs repeat); None: one epoch
-                      bucket:int=16, # a batch is drawn from a pool of `bucket` batches sorted by length
-                     ) -> list:
-        "Shuffled, length-bucketed index batches of the first `n` examples, epochs until `steps`."
-        g = make_generator(seed, stream=1)
-        def epoch():
-            perm, batches = torch.randperm(n, generator=g), []
-            for i in range(0, n, batch_size * bucket):
-                pool = perm[i:i + batch_size * bucket]
-                pool = pool[torch.argsort(self.lengths[pool], stable=True)]
-                batches += [pool[j:j + batch_size] for j in range(0, len(pool), batch_size)]
-            return [(batches[i],) for i in torch.randperm(len(batches), generator=g).tolist()]
-        return _until(steps, epoch)
-
-# %% ../../nbs/40_distill.ipynb #c034
-def pack(hidden:torch.Tensor, # (B, L, d)
-         mask:torch.Tensor, # (B, L), 1 at real tokens
-        ) -> torch.Tensor:
-    "The rows of `hidden` (B, L, d) at real tokens (`mask` (B, L) 1), in order, as (tokens, d)."
-    return hidden[mask.bool()]
-
-def unpack(packed:torch.Tensor, # (tokens, d) as `pack` made it, examples one after another
-           offsets:torch.Tensor, # example i's rows are packed[offsets[i]:offsets[i + 1]]
-           idx, # the examples wanted, in order
-           length:int, # pad every example to this many positions
-          ) -> torch.Tensor:
-    "A (len(idx), length, d) float32 tensor of the packed examples `idx`, zero-padded."
-    rows = [packed[offsets[i]:offsets[i + 1]] for i in idx]
-    out = nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
-    return F.pad(out, (0, 0, 0, length - out.shape[1]))
-
-# %% ../../nbs/40_distill.ipynb #c037
-class Images:
-    "Images `x` (N, C, H, W) with labels `y`, with the batching interface of `Tokens`."
-    def __init__(self, x:torch.Tensor, y:torch.Tensor): self.x, self.labels = x, y
-    def __len__(self): return len(self.labels)
-
-    def inputs(self, idx) -> tuple[tuple, torch.Tensor, None]:
-        "The model's inputs `(images,)`, the labels, and no mask (every pixel counts)."
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return (self.x[idx],), self.labels[idx], None
-
-    def teacher_hidden(self, cached:dict, stage:int, idx, inputs) -> torch.Tensor:
-        "The cached teacher feature map of `stage` for images `idx`, as float32."
-        return cached['hidden'][stage][torch.as_tensor(idx, dtype=torch.long)].float()
-
-    def eval_batches(self, batch_size:int=256) -> list:
-        "Consecutive index batches covering every image once."
-        return [list(range(i, min(i + batch_size, len(self)))) for i in range(0, len(self), batch_size)]
-
-    def train_batches(self, n:int, batch_size:int, seed:int, steps:int|None=None) -> list:
-        "Shuffled full batches of the first `n` images, reshuffled every epoch, until `steps` batches (one epoch if None)."
-        g = make_generator(seed, stream=1)
-        def epoch():
-            perm = torch.randperm(n, generator=g)
-            return [(perm[i:i + batch_size],) for i in range(0, n - batch_size + 1, batch_size)]
-        return _until(steps, epoch)
-
 # %% ../../nbs/40_distill.ipynb #c040
-def flip_crop(seed:int=0, pad:int=4): # pad: zero padding, so crops shift by up to `pad` pixels
-    "The standard CIFAR augmentation: random horizontal flips and random crops of the image zero-padded by `pad`."
-    g = make_generator(seed, stream=2)
-    def augment(x):
-        B, _, H, W = x.shape
-        flip = (torch.rand(B, generator=g) < 0.5).to(x.device)
-        x = F.pad(torch.where(flip[:, None, None, None], x.flip(-1), x), (pad,) * 4)
-        i, j = torch.randint(0, 2 * pad + 1, (2, B), generator=g).tolist()
-        return (torch.stack([x[b, :, i[b]:i[b] + H, j[b]:j[b] + W] for b in range(B)]),)
-    return augment
-
-def model_logits(model:nn.Module, data, # `Tokens` or `Images`
-                 batch_size:int=64, device:str|None=None) -> torch.Tensor:
-    "Logits of `model` on every example of `data` (`train.predict`: fp32, eval mode) in the examples' order, whatever the batching."
-    device = device or current_device()
-    batches = [torch.tensor(b) for b in data.eval_batches(batch_size)]
-    def forward(m, b):
-        args, y, _ = data.inputs(b[0].tolist())
-        return m(*to_device(args, device)), y
-    logits, _ = predict(model, [(b,) for b in batches], forward=forward, device=device)
-    return logits[torch.argsort(torch.cat(batches))]
-
-def _scores(model:nn.Module, data, device:str|None=None) -> dict:
-    "Accuracy, macro F1 and cross-entropy of `model` on `data` (`train.classification_scores` of `model_logits`)."
-    return classification_scores(model_logits(model, data, device=device), data.labels)
-
-def _require_training_memory(what:str, model:nn.Module, device:str):
-    "Print (and check) the memory AdamW training of `model` holds besides activations: fp32 weights, gradients and two moments."
-    require_memory(f'{what}: weights, gradients and AdamW state (activations excluded)', 16 * count_params(model), device,
-                   'GPU' if str(device).startswith('cuda') else 'RAM')
-
 _CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's loss: cross-entropy alone
 
-def train_teacher(model:nn.Module, train_data, eval_data, # `Tokens` or `Images`
+def train_teacher(model:nn.Module, train_data, eval_data, # the teacher, `Tokens` or `Images`
                   params:dict, # teacher_steps, teacher_lr, batch_size, wd (default 0.01)
-                  device:str, augment=None) -> dict:
+                  device:str, # where it trains
+                  augment=None) -> dict: # applied to every batch's inputs (None: none)
     "Train a teacher for `params['teacher_steps']` batches (AdamW, linear decay, fp32); its training time and accuracy."
-    _require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
+    require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
     loader = train_data.train_batches(len(train_data), params['batch_size'], seed=0, steps=params['teacher_steps'])
     state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=distill_loss_fn(model, {}, train_data, None, [], _CE_ONLY, augment),
                   callbacks=[WarmupLinear(params['teacher_lr'], 0, params['teacher_steps'])], device=device)
-    return dict(train_s=state.train_s, steps=state.step, val_accuracy=_scores(model, eval_data, device=device)['accuracy'])
+    acc = classification_scores(model_logits(model, eval_data, device=device), eval_data.labels)['accuracy']
+    return dict(train_s=state.train_s, steps=state.step, val_accuracy=acc)
 
 # %% ../../nbs/40_distill.ipynb #c040b
-SHARD_BYTES = 2 ** 29  # bytes: teacher states are cached in chunks of examples of at most 512 MiB a layer (a chunk is held twice while written)
-
-def _batches(n:int, batch_size:int) -> list: return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-
 @torch.no_grad()
 def _teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `data`
                    eval_data, device:str, batch_size:int=64) -> dict:
     "Logits of `teacher` on the first `n` examples of `data` and on `eval_data`, and the time these forward passes took."
     teacher.to(device).eval()
     def run():
-        logits = torch.cat([teacher(*to_device(data.inputs(idx)[0], device)).float().cpu() for idx in _batches(n, batch_size)])
-        out.update(logits=logits, val_logits=model_logits(teacher, eval_data, device=device))
+        logits = [teacher(*to_device(data.inputs(list(range(i, min(i + batch_size, n))))[0], device)).float().cpu() for i in range(0, n, batch_size)]
+        out.update(logits=torch.cat(logits), val_logits=model_logits(teacher, eval_data, device=device))
     out = {}
     return dict(out, forward_s=time_it(run, warmup=0, repeats=1, device=device)['median_s'])
 
-@torch.no_grad()
-def hidden_shapes(teacher:nn.Module, data, # `Tokens` or `Images`
-                  n:int, # the first `n` examples of `data`
-                 ) -> dict:
-    "Shape of the cached state of each teacher layer: (real tokens, d) for token states, (n, C, H, W) for feature maps."
-    if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(teacher))}
-    paths = hidden_paths(teacher)
-    with HiddenCapture(teacher.eval(), paths, detach=True) as cap: teacher(*to_device(data.inputs([0])[0], next(teacher.parameters()).device))
-    return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}
-
-def cache_bytes(shapes:dict, # from `hidden_shapes`
-                layers, # which of them
-               ) -> int:
-    "Bytes of the fp16 hidden states of `layers` with these `shapes`."
-    return sum(2 * math.prod(shapes[k]) for k in layers)
-
-@torch.no_grad()
-def teacher_hidden(teacher:nn.Module, data, # `Tokens` or `Images`
-                   idx:list, # the examples, in order
-                   layers, # indices into `hidden_paths(teacher)`
-                   device:str, batch_size:int=64) -> dict:
-    "The fp16 states (token states packed) of teacher `layers` on the examples `idx`, in order."
-    paths, out = hidden_paths(teacher), {k: [] for k in layers}
-    for i in range(0, len(idx), batch_size):
-        args, _, mask = data.inputs(idx[i:i + batch_size])
-        with HiddenCapture(teacher, [paths[k] for k in layers], detach=True) as cap: teacher(*to_device(args, device))
-        for k in layers:
-            h = cap.outputs[paths[k]]
-            out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str,
+def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the states of `layers` on the first `n` examples of `data`
                   tag:str, key:dict, # the cache files: `tag` and what the states depend on
                   what:str, # names the estimate `measure.require_memory` prints
                   full_n:int|None=None, # dryrun: `full`'s n, to print what `full` would need
                  ) -> dict:
-    "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total: one tensor a layer, filled chunk by chunk, each chunk of each layer read from its cache or computed."
+    "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
     layers = sorted(set(layers))
     if not layers: return {}
     shapes = hidden_shapes(teacher, data, n)
-    nbytes = cache_bytes(shapes, layers)
+    nbytes = sum(2 * math.prod(shapes[k]) for k in layers)  # fp16
     if full_n:  # dryrun: what `full` would hold, scaled from this slice (token counts by the slice's mean length)
         try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
         except BadInput as e: print(f'{e} -- full would refuse here')
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
-    if not (keep := shutil.disk_usage(cache_dir()).free > 1.1 * nbytes): print(f'{what}: layers {layers} ({nbytes / 1e9:.1f} GB) kept in memory only: no room on disk')
-    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else (lambda i: i)
-    step = max(64, int(SHARD_BYTES * n / max(cache_bytes(shapes, [k]) for k in layers)) // 64 * 64)  # whole batches of 64
-    out = {k: torch.empty(shapes[k], dtype=torch.float16) for k in layers}
-    for a in range(0, n, step):
-        idx = list(range(a, min(a + step, n)))
-        ck = {k: dict(key, layer=k, rows=[a, idx[-1] + 1]) for k in layers}
-        need = [k for k in layers if not (keep and cache_path('distill', ck[k], f'{tag}_L{k}').exists())]
-        fresh = teacher_hidden(teacher, data, idx, need, device) if need else {}
-        get = lambda k: fresh[k] if k in fresh else teacher_hidden(teacher, data, idx, [k], device)[k]  # an unreadable file is recomputed
-        for k in layers: out[k][row(a):row(idx[-1] + 1)] = disk_cached('distill', ck[k], lambda: get(k), f'{tag}_L{k}') if keep else get(k)
-    return out
+    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else None
+    return disk_cached_rows('distill', {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
+                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device), n, row, multiple=64, what=f'{what}: layers')
+
+def cached_state(cached:dict, data, # the teacher's cached outputs (`teacher_outputs`); `Tokens` or `Images`
+                 layer:int, idx, inputs) -> torch.Tensor: # the examples `idx` and their batch's model inputs
+    "The cached teacher state of `layer` for examples `idx`, as float32: token states unpacked and padded like `inputs`."
+    if isinstance(data, Tokens): return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
+    return cached['hidden'][layer][torch.as_tensor(idx, dtype=torch.long)].float()
 
 # %% ../../nbs/40_distill.ipynb #c042
-def _texts(split:str, profile:str, n:int|None) -> pd.DataFrame: return take(load('sst2', split, profile), n, seed=0)
-
-@functools.cache
-def _tokenised(teacher:str, profile:str, source:str, n_train:int, n_val:int|None, max_len:int) -> tuple[Tokens, Tokens]:
-    "Tokenised once per process and per data `source`."
-    tok = bert_tokenizer(teacher, profile)  # dryrun offline: MiniLM's, the same uncased WordPiece vocabulary
-    return tuple(Tokens(df.sentence, df.label, tok, max_len) for df in (_texts('train', profile, n_train), _texts('validation', profile, n_val)))
-
 def sst2_tokens(pp:dict, # the NLP part's params (`runner.part_params(params, 'nlp')`)
-                profile:str) -> tuple[Tokens, Tokens, str]:
-    "Tokenised (train slice, validation set) for `pp` and the data source."
-    tr, va = _texts('train', profile, pp['n_teacher_train']), _texts('validation', profile, pp['n_val'])
-    source = f"train: {tr.attrs['source']}; validation: {va.attrs['source']}"
-    return (*_tokenised(pp['teacher'], profile, source, pp['n_teacher_train'], pp['n_val'], pp['max_len']), source)
+                profile:str) -> tuple[Tokens, Tokens, str]: # dryrun offline: MiniLM's tokenizer, the same uncased WordPiece vocabulary
+    "Tokenised (train slice, validation set) for `pp` and the data source (`data.text_tokens`)."
+    (tr, s_tr), (va, s_va) = (text_tokens('sst2', split, profile, n, pp['teacher'], pp['max_len'])
+                              for split, n in (('train', pp['n_teacher_train']), ('validation', pp['n_val'])))
+    return tr, va, f"train: {s_tr}; validation: {s_va}"
 
 # %% ../../nbs/40_distill.ipynb #c044
-def _source_of(name:str, split:str) -> str:
-    return [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
-
 def vision_sizes(vp:dict, # the vision part's params
-                 profile:str) -> dict:
+                 profile:str) -> dict: # picks the source (a stand-in in smoke and quick without the mirror)
     "`n_teacher_train` and `n_test` of `vp`, each scaled to what the resolved source holds where it is smaller (`data.scale_to_available`)."
     out = dict(n_teacher_train=vp['n_teacher_train'], n_test=vp['n_test'])
     for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')):
         if out[k] is not None: out.update(scale_to_available('cifar10', split, profile, {k: out[k]}))
     return out
 
-@functools.cache
-def _images(profile:str, source:str, n_train:int, n_test:int|None, size:int) -> tuple[Images, Images]:
-    "Decoded, and average-pooled to `size` pixels where the profile asks for smaller images, once per process and source."
-    shrink = lambda t: t if size == t.shape[-1] else F.adaptive_avg_pool2d(t, size).contiguous()
-    return tuple(Images(shrink(x), y) for x, y in (image_tensors('cifar10', 'train', profile, n_train, seed=0),
-                                                   image_tensors('cifar10', 'test', profile, n_test, seed=0)))
-
 def cifar_images(vp:dict, # the vision part's params
-                 profile:str) -> tuple[Images, Images, str]:
-    "The CIFAR-10 (teacher's) training slice and test slice as `Images` of `vp['image_size']` pixels, and their source."
+                 profile:str) -> tuple[Images, Images, str]: # picks the source
+    "The CIFAR-10 (teacher's) training slice and test slice as `Images` of `vp['image_size']` pixels (`data.image_set`), and their source."
     sz = vision_sizes(vp, profile)
-    for split, n in (('train', sz['n_teacher_train']), ('test', sz['n_test'])): image_tensors('cifar10', split, profile, n, seed=0)
-    source = f"train: {_source_of('cifar10', 'train')}; test: {_source_of('cifar10', 'test')}"
-    return (*_images(profile, source, sz['n_teacher_train'], sz['n_test'], vp['image_size']), source)
+    (tr, s_tr), (te, s_te) = (image_set('cifar10', split, profile, sz[k], vp['image_size']) for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')))
+    return tr, te, f"train: {s_tr}; test: {s_te}"
 
 # %% ../../nbs/40_distill.ipynb #c044a
 _PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
@@ -441,7 +194,7 @@ def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights:
 
 def get_teacher(pp:dict, # the part's params (`runner.part_params`)
                 part:str, # 'nlp' or 'vision'
-                profile:str, device:str|None=None) -> tuple[nn.Module, dict]:
+                profile:str, device:str|None=None) -> tuple[nn.Module, dict]: # sizes and models; where it trains
     "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`core.disk_cached`), and its record."
     device = device or current_device()
     tr, ev, source = _part_data(pp, part, profile)
@@ -459,9 +212,9 @@ def get_teacher(pp:dict, # the part's params (`runner.part_params`)
     model.load_state_dict(blob['state'])
     return model.to(device).eval(), dict(blob['record'], weights=weights)
 
-def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str,
+def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the teacher (`get_teacher`) and its part's params, name, profile
                     record:dict, # the teacher's record (`get_teacher`)
-                    device:str|None=None,
+                    device:str|None=None, # where the teacher runs (default: `current_device()`)
                     layers=(), # the teacher layers (stages) whose states to hold: only these are cached
                    ) -> dict:
     "Teacher outputs, cached: logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
@@ -509,7 +262,7 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per 
         if cached is not None:
             t_logits = cached['logits'][idx].to(dev)
             for s, t in pairs:
-                th = data.teacher_hidden(cached, t, idx, args).to(dev)
+                th = cached_state(cached, data, t, idx, args).to(dev)
                 hp.append((proj[f'{s}_{t}'](cap.outputs[s_paths[s]].float()), th))
         loss, parts = distill_loss(logits, y, t_logits, hp, mask, T=params['temperature'], w_ce=params['w_ce'],
                                    w_kd=params['w_kd'] if cached is not None else 0.0, w_hid=params['w_hid'])
@@ -519,7 +272,8 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per 
     return loss_fn
 
 def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # None: trained alone
-                    data, params:dict, seed:int, device:str|None=None):
+                    data, params:dict, # `Tokens` or `Images`; the part's params (sizes, lr, loss weights, precision)
+                    seed:int, device:str|None=None): # the data order's seed; where it trains
     "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state and the loss parts."
     device = device or current_device()
     pairs = _student_pairs(params, student, teacher) if cached is not None else []
@@ -535,40 +289,6 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # No
                   callbacks=[WarmupLinear(params['lr'], 0, params['steps'])], precision=params['precision'], device=device)
     return state, loss_fn.parts
 
-# %% ../../nbs/40_distill.ipynb #c048
-@torch.no_grad()
-def inference_ms(models:dict, # name -> model, timed interleaved
-                 data, # `Tokens` or `Images`: batches drawn at random (fixed seed)
-                 n_batches:int=3, batch_size:int=32, repeats:int=3, device:str|None=None) -> dict:
-    "Median ms per batch of each model over the same `n_batches` random batches of `data`, the models interleaved (`measure.time_it`)."
-    device = device or current_device()
-    g = torch.Generator().manual_seed(0)
-    batches = [to_device(data.inputs(torch.randperm(len(data), generator=g)[:batch_size].tolist())[0], device) for _ in range(n_batches)]
-    for m in models.values(): m.to(device).eval()
-    t = time_it({name: (lambda m=m: [m(*args) for args in batches]) for name, m in models.items()}, warmup=1, repeats=repeats, device=device)
-    return {k: v['median_s'] * 1000 / len(batches) for k, v in t.items()}
-
-def energy_counter(device:str) -> tuple:
-    "(a function reading a cumulative energy counter in joules, or None; what it reads, or why there is none) for `device`."
-    if device == 'cuda':
-        try:
-            import pynvml
-            pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() or 0); pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-        except ImportError: return None, 'not measured: nvidia-ml-py (pynvml) is not installed'
-        except Exception as e: return None, f'not measured: NVML reports no energy counter on this GPU ({e})'
-        return (lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000), f'NVML total energy of the GPU ({torch.cuda.get_device_name()})'
-    domains = [d/'energy_uj' for d in sorted(Path('/sys/class/powercap').glob('intel-rapl:*')) if d.name.count(':') == 1]
-    readable = [f for f in domains if os.access(f, os.R_OK)]
-    if not readable: return None, 'not measurable here: this host exposes no readable RAPL energy counter (/sys/class/powercap)'
-    return (lambda: sum(int(f.read_text()) for f in readable) / 1e6), f'RAPL package energy, {len(readable)} package(s) (whole CPU, not this process alone)'
-
-def _measure_energy(fn, device:str) -> tuple:
-    "(`fn()`, joules the counter of `device` advanced meanwhile or None, what was read or why not)."
-    read, what = energy_counter(device)
-    if read is None: return fn(), None, what
-    e0 = read(); out = fn(); sync(device); e1 = read()
-    return out, (e1 - e0 if e1 >= e0 else None), what  # a counter that wrapped gives no number
-
 # %% ../../nbs/40_distill.ipynb #c050
 def is_distilled(params:dict) -> bool:
     "Whether an arm learns from the teacher (soft logits or hidden states)."
@@ -576,20 +296,23 @@ def is_distilled(params:dict) -> bool:
 
 def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the teacher and its record
                       cached:dict, # the teacher's cached outputs (`teacher_outputs`)
-                      train_data, eval_data, params:dict, # a part's params
-                      seed:int, device:str) -> dict:
+                      train_data, eval_data, params:dict, # `Tokens` or `Images`; a part's params
+                      seed:int, device:str) -> dict: # the cell's seed and device
     "Train `student` under the arm `params` (distilled or alone) and measure it beside `teacher`."
     distilled = is_distilled(params)
     use = cached if distilled else None
     params = dict(params, precision=resolve_precision(params['precision'], device))  # 'mixed': from the run's device, never at import
-    _require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
+    require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
     mem_probe = copy.deepcopy(student)
-    (state, parts), energy_j, energy = _measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
+    (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
     peak_mb = peak_memory_mb(lambda: distill_student(mem_probe, teacher, use, train_data, dict(params, steps=1), seed, device), device)
     del student.proj  # inference uses the classifier only
-    s_scores, t_scores = _scores(student, eval_data, device), classification_scores(cached['val_logits'], eval_data.labels)
-    ms = inference_ms(dict(teacher=teacher, student=student), eval_data, params['speed_batches'], params['batch_size'],
-                      params['speed_repeats'], device)
+    s_scores = classification_scores(model_logits(student, eval_data, device=device), eval_data.labels)
+    t_scores = classification_scores(cached['val_logits'], eval_data.labels)
+    g = torch.Generator().manual_seed(0)  # the same random evaluation batches in every cell
+    batches = [to_device(eval_data.inputs(torch.randperm(len(eval_data), generator=g)[:params['batch_size']].tolist())[0], device)
+               for _ in range(params['speed_batches'])]
+    ms = inference_ms(dict(teacher=teacher, student=student), batches, params['speed_repeats'], device)
     teacher_cost_s = (trec['train_s'] + cached['forward_s']) if distilled else 0.0
     pairs = _student_pairs(params, student, teacher) if distilled else []
     cache_mb = (cached['logits'].numel() * 4 + sum(cached['hidden'][t].numel() * 2 for t in {t for _, t in pairs})) / 1e6 if distilled else 0.0
@@ -660,7 +383,7 @@ def task_params(profile:str) -> dict:
 
 def fit_part(params:dict, # the arm's params: shared keys and `parts`
              part:str, # 'nlp' or 'vision'
-             seed:int, profile:str, device:str) -> dict:
+             seed:int, profile:str, device:str) -> dict: # the cell's seed, profile and device
     "One part of a cell: its student (3 MiniLM layers or a ResNet-18), alone or distilled from the cached teacher; metrics unprefixed."
     pp = part_params(params, part)
     tr, ev, source = _part_data(pp, part, profile)
@@ -736,19 +459,14 @@ def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
         return bool(v > need), f'{who} accuracy {v:.3f} (needs > {need:.3f}: majority class {chance:.3f} + {CHANCE_MARGIN})'
     return Gate(f'the {who} beats the majority-class rate by {CHANCE_MARGIN}', check)
 
-def gate_reduced(prefix:str, # the part's metric prefix ('' or 'vision_')
-                 arm:str, # a mixed arm
-                ) -> Gate:
-    "Every cell of the mixed arm `arm` ran in reduced precision (bf16 or fp16), not fp32 (where 'mixed' resolves to fp32)."
-    return gate_info(prefix + 'precision_used', arm, lambda v: v in ('bf16', 'fp16'),
-                     f"{arm} ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
-
 def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> list:
     "The claims of one part, on metrics named with `prefix`, ids prefixed with `tag`; ids in `primary` are the primary family."
     def C(cid, text, metric, *a, **k):
         return Claim(tag + cid, f'{what}: {text}', prefix + metric, *a, family='primary' if cid in primary else 'exploratory', **k)
     learned = lambda arm, metric='accuracy': gate_learned(prefix, arm, metric)
-    teacher, mixed, pts = learned('last3_fp32', 'teacher_accuracy'), gate_reduced(prefix, 'last3_mixed'), f'{NONINFERIORITY * 100:g} point'
+    teacher, pts = learned('last3_fp32', 'teacher_accuracy'), f'{NONINFERIORITY * 100:g} point'
+    mixed = gate_info(prefix + 'precision_used', 'last3_mixed', lambda v: v in ('bf16', 'fp16'),  # not fp32, where 'mixed' resolves to it
+                      f"last3_mixed ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
     return [
         C('speed', f'the student is at least {SPEEDUP_GOAL}x faster at inference than its teacher (DistilBERT: 1.6x); holds by '
           "construction: the student's architecture is the same in every arm, so this measures the architecture pair, not distillation",
@@ -779,43 +497,32 @@ def claims() -> list:
 
 # %% ../../nbs/40_distill.ipynb #c056
 _HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
-
-def _goal(cid:str) -> float:
-    "The threshold of claim `cid` (the goals table restates the claims, never a typed number)."
-    return next(c.threshold for c in claims() if c.id == cid)
+_COLUMNS = (('student accuracy', 'accuracy'), ('teacher accuracy', 'teacher_accuracy'), ('retention', 'accuracy_retention'),
+            ('speed-up (x)', 'speedup_vs_teacher'), ('train s', 'train_time_s'), ('train s incl. teacher', 'train_time_with_teacher_s'),
+            ('teacher forward s', 'teacher_forward_s'), ('student training energy J', 'train_energy_j'))
 
 def _goals(records:list, table, p:str) -> str:
-    "Per arm: accuracies, and by how much retention and speed-up meet or miss the goals (means over seeds)."
-    rg, sg, rows = _goal('retention'), _goal('speed'), []
-    meets = lambda v, g, unit='': f"{fmt(v, 3)}{unit} ({'meets' if v >= g else 'misses by'} {fmt(abs(v - g), 2)}{unit})"
-    for arm in table.arm.unique():
-        m = lambda name: _mean(table, p + name, arm)
-        rows.append({'arm': arm, 'student accuracy': fmt(m('accuracy')), 'teacher accuracy': fmt(m('teacher_accuracy')),
-                     f'retention (goal {fmt(rg, 2)})': meets(m('accuracy_retention'), rg),
-                     f'speed-up (goal {fmt(sg, 2)}x)': meets(m('speedup_vs_teacher'), sg, 'x'),
-                     'train s': fmt(m('train_time_s'), 3), 'train s incl. teacher': fmt(m('train_time_with_teacher_s'), 3),
-                     'precision that ran': ', '.join(sorted({r['info'].get(p + 'precision_used', '?') for r in records if r['arm'] == arm})),
-                     'student training energy (mean)': (lambda j: '-' if np.isnan(j) else f'{fmt(j, 4)} J')(m('train_energy_j'))})
-    return html_table(pd.DataFrame(rows))
+    "Per arm, means over seeds: the goals' metrics, the training cost with and without the teacher, and the precision and energy counter as run."
+    ran = lambda arm, key: ', '.join(sorted({str(r['info'].get(p + key, '?')) for r in records if r['arm'] == arm}))
+    return html_table(pd.DataFrame([{'arm': arm, **{c: fmt(_mean(table, p + m, arm), 3) for c, m in _COLUMNS},
+                                     'precision that ran': ran(arm, 'precision_used'), 'energy counter': ran(arm, 'energy_counter')}
+                                    for arm in table.arm.unique()]))
 
 def sections(records:list, # the runner's records
              table, # the long results table (`runner.results_table`)
             ) -> list:
-    "Goals vs measurements with the precision and energy as run (each part), the teachers' one-off costs, and loss curves."
-    halves = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)]
-    counters = lambda p: '; '.join(esc(x) for x in sorted({r['info'].get(p + 'energy_counter', '') for r in records}))
-    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(_goal('retention'), 2)} and inference speed-up ≥ "
-             f"{fmt(_goal('speed'), 2)}x.</p>" + ''.join(f'<h4>{esc(t)}</h4><p>Energy counter: {counters(p)}.</p>{_goals(records, table, p)}' for p, t in halves))
-    teacher_html = ("<p>Each teacher is trained once and its outputs are cached; every distilled arm is charged the full one-off "
-                    "cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p><ul>" +
-                    ''.join(f"<li>{esc(t)}: {esc(x)}; forward pass for the cache {fmt(_mean(table, p + 'teacher_forward_s', 'last3_fp32'), 3)} s</li>"
-                            for p, t in halves for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records})) + '</ul>')
+    "Goals vs measurements with the precision and energy as run (each part), the teachers' records, and loss curves."
+    halves, goal = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)], {c.id: c.threshold for c in claims()}
+    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(goal['retention'], 2)} and inference speed-up ≥ "
+             f"{fmt(goal['speed'], 2)}x. Each teacher is trained once and its outputs are cached; every distilled arm is charged the full "
+             "one-off cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p>" +
+             ''.join(f"<h4>{esc(t)}</h4>{_goals(records, table, p)}<p>{'<br>'.join(esc(x) for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records}))}</p>"
+                     for p, t in halves))
     fig = Figure(figsize=(7 * len(halves), 3.2))
     for n, (p, t) in enumerate(halves):
-        ax = seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)")
-        ax.set_title(t, fontsize=9)
+        seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)").set_title(t, fontsize=9)
     fig.tight_layout()
-    return [('Goals: speed-up and accuracy retention', goals), ("The teachers' one-off cost", teacher_html), ('Training curves', fig_to_img(fig))]
+    return [("Goals, and the teachers' one-off cost", goals), ('Training curves', fig_to_img(fig))]
 
 # %% ../../nbs/40_distill.ipynb #c057
 def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
