@@ -19,7 +19,7 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
            'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
-           'text_tokens', 'image_set']
+           'text_tokens', 'image_set', 'TensorBatches']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -597,3 +597,15 @@ def image_set(name:str, split:str, profile:str, # a registry name, its split, th
     image_tensors(name, split, profile, n, seed=0)  # resolves the source (and records it)
     source = [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
     return _image_set(name, split, profile, source, n, size), source
+
+# %% ../nbs/01_data.ipynb #c020i
+class TensorBatches:
+    "Shuffled mini-batches `(x[j], y[j])` of in-memory tensors, a fresh seeded permutation each epoch (no DataLoader overhead)."
+    def __init__(self, x, y, # tensors with the same first dimension
+                 batch_size:int, seed:int): # rows a batch (the last may be short); the permutations' seed
+        self.x, self.y, self.batch_size, self.g = x, y, batch_size, torch.Generator().manual_seed(seed)
+    def __len__(self): return -(-len(self.x) // self.batch_size)
+    def __iter__(self):
+        perm = torch.randperm(len(self.x), generator=self.g)
+        for i in range(0, len(perm), self.batch_size):
+            j = perm[i:i + self.batch_size]; yield self.x[j], self.y[j]

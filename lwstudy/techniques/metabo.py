@@ -10,7 +10,7 @@ import optuna
 import torch
 from torch import nn
 from ..core import BadInput, by_profile, cache_path, check_choice, current_device, disk_cached, parallel_imap
-from ..data import dataset_info, load, scale_to_available, split_frame, take
+from ..data import TensorBatches, dataset_info, load, scale_to_available, split_frame, take
 from ..models import HUB_CONFIGS, bert_tokenizer, from_config_or_pretrained, load_pretrained, masked_mean_pool
 from ..runner import Claim, Gate, Metric, Spec, gate_mean
 from ..train import WarmupLinear, evaluate, resolve_precision, train
@@ -19,9 +19,9 @@ from ..train import WarmupLinear, evaluate, resolve_precision, train
 __all__ = ['META_FEATURES', 'ARMS', 'N_STARTUP', 'PLAN_GRID', 'HEAD_LR_SCALE', 'TASKS', 'HELD_OUT_SPLIT', 'TABLE_VERSION', 'TOL',
            'HEADROOM_MIN', 'QUICK', 'SMOKE', 'FULL', 'DRYRUN', 'METRICS', 'SCORE_MARGIN', 'TRIALS_RATIO',
            'meta_features', 'normalised_scores', 'MetaModel', 'grid_indices', 'config_of', 'make_sampler', 'optimise',
-           'run_summary', 'search_space', 'task_slices', 'sentence_features', 'task_features', 'Batches',
-           'evaluate_head', 'evaluate_finetune', 'build_table', 'task_params', 'fit', 'random_expected_trials',
-           'replay', 'headroom_gate', 'spec', 'sections']
+           'run_summary', 'search_space', 'task_slices', 'sentence_features', 'task_features', 'evaluate_head',
+           'evaluate_finetune', 'build_table', 'task_params', 'fit', 'random_expected_trials', 'replay',
+           'headroom_gate', 'spec', 'sections']
 
 # %% ../../nbs/20_metabo.ipynb #c020
 META_FEATURES = ('log10_n_train_split', 'log2_classes', 'balance', 'log_mean_tokens', 'centroid_acc', 'nn1_acc')
@@ -179,16 +179,6 @@ def task_features(task:str, sizes:dict, profile:str='quick') -> dict: # a name i
     return dict(out, task=task, source=tr.attrs['source'], standin=bool(tr.attrs['standin']))
 
 # %% ../../nbs/20_metabo.ipynb #c011
-class Batches:
-    "Shuffled mini-batches of in-memory tensors, a fresh seeded permutation each epoch (no DataLoader overhead)."
-    def __init__(self, x, y, batch_size:int, seed:int):
-        self.x, self.y, self.batch_size, self.g = x, y, batch_size, torch.Generator().manual_seed(seed)
-    def __len__(self): return -(-len(self.x) // self.batch_size)
-    def __iter__(self):
-        perm = torch.randperm(len(self.x), generator=self.g)
-        for i in range(0, len(perm), self.batch_size):
-            j = perm[i:i + self.batch_size]; yield self.x[j], self.y[j]
-
 def _train_scored(model, loader, cfg:dict, evals:dict, device:str, precision:str='fp32', forward=None, **kw) -> dict:
     "Train `model` with AdamW under `WarmupLinear` as `cfg` says (`kw`: `train`'s loss_fn, max_steps); accuracy and macro F1 on each of `evals`."
     opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'])
@@ -209,8 +199,8 @@ def evaluate_head(feats:dict, cfg:dict, # `task_features`' (x_/y_ train, val, te
         torch.manual_seed(seed)
         p, n_in = cfg['dropout'], t['x_train'].shape[1]
         model = nn.Sequential(nn.Dropout(p), nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(p), nn.Linear(hidden, int(feats['n_classes'])))
-        evals = {s: Batches(t[f'x_{s}'], t[f'y_{s}'], 4096, 0) for s in ('val', 'test')}
-        return _train_scored(model, Batches(t['x_train'], t['y_train'], cfg['batch_size'], seed), cfg, evals, 'cpu')
+        evals = {s: TensorBatches(t[f'x_{s}'], t[f'y_{s}'], 4096, 0) for s in ('val', 'test')}
+        return _train_scored(model, TensorBatches(t['x_train'], t['y_train'], cfg['batch_size'], seed), cfg, evals, 'cpu')
     finally: torch.set_num_threads(threads)
 
 # %% ../../nbs/20_metabo.ipynb #c015
@@ -233,7 +223,7 @@ def evaluate_finetune(task:str, cfg:dict, # a name in `TASKS`; one configuration
     bs = min(cfg['batch_size'], sizes['cpu_batch']) if sizes.get('cpu_batch') and device == 'cpu' else cfg['batch_size']
     forward = lambda m, b: (m(input_ids=b[0][:, 0], attention_mask=b[0][:, 1]).logits, b[1])
     loss_fn = lambda m, b: (lambda logits: (torch.nn.functional.cross_entropy(logits.float(), b[1]), logits))(forward(m, b)[0])
-    out = _train_scored(net, Batches(*encode(tr), bs, seed), cfg, {s: Batches(*encode(d), 64, 0) for s, d in (('val', val), ('test', test))},
+    out = _train_scored(net, TensorBatches(*encode(tr), bs, seed), cfg, {s: TensorBatches(*encode(d), 64, 0) for s, d in (('val', val), ('test', test))},
                         device, precision, forward, loss_fn=loss_fn, max_steps=sizes.get('max_steps'))
     return dict(out, batch_size=bs, precision=precision, weights=weights)
 
