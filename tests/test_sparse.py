@@ -84,7 +84,8 @@ def test_sections_use_the_table_and_escape_the_saved_sweep(home, monkeypatch):
 
 
 def test_sections_without_a_saved_sweep_say_how_to_make_one(home):
-    assert 'No kernel sweep saved' in dict(S.sections([], _fake_table()))['Kernel sweep: sparse vs dense matrix products']
+    html = dict(S.sections([], _fake_table()))['Kernel sweep: sparse vs dense matrix products']
+    assert 'No saved output' in html and 'python bench/sparse.py' in html
 
 
 @pytest.mark.slow
