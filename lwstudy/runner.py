@@ -18,8 +18,9 @@ from . import data
 __all__ = ['FAMILIES', 'CALIBRATION', 'OPS', 'MAX_PRIMARY', 'TIMING_UNITS', 'GATE_OPS', 'TECHNIQUE_PACKAGE', 'TECHNIQUES',
            'LOCK_STALE_S', 'LOCK_BEAT_S', 'RECORD_KEYS', 'SOURCE_KEYS', 'PROVENANCE_KEYS', 'POLL_S', 'Metric', 'Gate',
            'Claim', 'Spec', 'is_spec', 'gate_mean', 'gate_every_seed', 'gate_info', 'gate_all', 'gate_unloaded',
-           'part_params', 'available_techniques', 'get_spec', 'Cell', 'seed_list', 'cells', 'record_problems', 'Store',
-           'split_outputs', 'load_avg', 'run_cell', 'run', 'results_table', 'paired', 'toy_spec']
+           'arm_mean', 'gate_above', 'part_params', 'available_techniques', 'get_spec', 'Cell', 'seed_list', 'cells',
+           'record_problems', 'Store', 'split_outputs', 'load_avg', 'run_cell', 'run', 'results_table', 'paired',
+           'toy_spec']
 
 # %% ../nbs/06_runner.ipynb #c005
 FAMILIES = ('primary', 'exploratory', 'calibration')
@@ -208,6 +209,29 @@ def gate_unloaded() -> Gate:
     return Gate("an unloaded host, no other work beside each cell (its 1-minute load average at start and end, less the cell's own "
                 "threads, at most half the CPU count)", check)
 
+
+# %% ../nbs/06_runner.ipynb #c005c1
+def arm_mean(table:pd.DataFrame, # a results table (long format)
+             metric:str, arm:str) -> float:
+    "Mean over seeds of `arm`'s `metric` (nan where the table has none)."
+    v = _arm_values(table, metric, arm)
+    return float(v.mean()) if len(v) else float('nan')
+
+def gate_above(metric:str, # the metric the condition is on
+               arm:str, # whose values (mean over seeds)
+               reference_metric:str, # what it must beat: a reference measured in the same cells (e.g. the majority-class rate)
+               margin:float, # by how much
+               text:str, # the condition in words
+               who:str|None=None, name:str|None=None, reference_name:str|None=None, # the detail's words (default: arm, metric, reference_metric)
+              ) -> Gate:
+    "Gate: the mean of `arm`'s `metric` beats the mean of its `reference_metric` plus `margin`."
+    who, name, ref_name = who or arm, name or metric, reference_name or reference_metric
+    def check(table, records):
+        v, ref = arm_mean(table, metric, arm), arm_mean(table, reference_metric, arm)
+        if np.isnan(v) or np.isnan(ref): return False, f'{who}: no cells of arm {arm}'
+        need = ref + margin
+        return bool(v > need), f'{who} {name} {v:.3f} (needs > {need:.3f}: {ref_name} {ref:.3f} + {margin})'
+    return Gate(text, check)
 
 # %% ../nbs/06_runner.ipynb #c005e
 def part_params(params:dict, # an arm's params: shared keys plus `parts`

@@ -1,4 +1,4 @@
-"""distill: the teacher caches (core.disk_cached), a small paired run end to end through the runner and the report, the dryrun
+"""distill: the teacher caches (lwstudy.teacher over core.disk_cached), a small paired run end to end through the runner and the report, the dryrun
 cell, and the vision half on the CIFAR-10 mirror and on its digits stand-in (smoke profile). Checks of single functions live
 beside them in nbs/40_distill.ipynb."""
 import dataclasses, math
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from lwstudy.core import BadInput
+from lwstudy import teacher as tch
 from lwstudy.techniques import distill as d
 
 
@@ -26,7 +27,7 @@ def test_teacher_is_cached_and_reused(cache, monkeypatch):
     p = d.part_params(d.arms('smoke')['last3_fp32'], 'nlp')
     t1, rec1 = d.get_teacher(p, 'nlp', 'smoke')
     assert len(list(cache.glob('distill/teacher_*.pt'))) == 1
-    monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached teacher was trained again'))
+    monkeypatch.setattr(tch, 'train', lambda *a, **k: pytest.fail('the cached teacher was trained again'))
     t2, rec2 = d.get_teacher(p, 'nlp', 'smoke')
     assert rec1 == rec2
     assert all(torch.equal(a, b) for a, b in zip(t1.state_dict().values(), t2.state_dict().values()))
@@ -37,7 +38,7 @@ def test_teacher_is_cached_and_reused(cache, monkeypatch):
     assert sorted(out['hidden']) == [3, 5] and out['offsets'][-1] == out['hidden'][3].shape[0] == int(tr.lengths[:p['n_train']].sum())
     layer_files = sorted(f.name.split('_')[2] for f in cache.glob('distill/teacher_hidden_L?_*.pt'))
     assert layer_files == ['L3', 'L5']  # only the layers asked for are cached
-    monkeypatch.setattr(d, "hidden_states", lambda *a, **k: pytest.fail('cached layers were computed again'))
+    monkeypatch.setattr(tch, "hidden_states", lambda *a, **k: pytest.fail('cached layers were computed again'))
     again = d.teacher_outputs(t2, p, 'nlp', 'smoke', rec2, layers=[3])
     assert torch.equal(again['hidden'][3], out['hidden'][3]) and sorted(again['hidden']) == [3]
 
@@ -65,9 +66,9 @@ def test_cache_estimate_refuses_before_allocating(cache, monkeypatch, capsys):
     t, rec = d.get_teacher(p, 'nlp', 'smoke')
     tr, _, _ = d.sst2_tokens(p, 'smoke')
     monkeypatch.setattr(measure, 'available_bytes', lambda *a, **k: 1000)
-    monkeypatch.setattr(d, "hidden_states", lambda *a, **k: pytest.fail('allocated before the memory check'))
+    monkeypatch.setattr(tch, "hidden_states", lambda *a, **k: pytest.fail('allocated before the memory check'))
     with pytest.raises(BadInput, match='not enough memory'): d.teacher_outputs(t, p, 'nlp', 'smoke', rec, layers=range(6))
-    want = sum(2 * math.prod(s) for s in d.hidden_shapes(t, tr, p['n_train']).values())
+    want = sum(2 * math.prod(s) for s in tch.hidden_shapes(t, tr, p['n_train']).values())
     assert want == 2 * 6 * 384 * int(tr.lengths[:p['n_train']].sum())  # fp16 packed states of 6 layers
     assert 'NLP teacher cache' in capsys.readouterr().out
 
@@ -151,7 +152,7 @@ def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):
     assert 'digits' in source and train_im.x.shape[1:] == (3, 16, 16) and len(test_im) == vp['n_test']
     out = _vision_cells()
     _check_vision_cells(out, 'digits')
-    monkeypatch.setattr(d, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
+    monkeypatch.setattr(tch, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
     t, rec = d.get_teacher(vp, 'vision', 'smoke')
     cached = d.teacher_outputs(t, vp, 'vision', 'smoke', rec, layers=range(4))
     with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0]], t(train_im.x[[2, 0]]), atol=1e-4)

@@ -4,28 +4,29 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy, math
-import numpy as np
+import copy
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
-from ..core import BadInput, by_profile, cache_path, check_choice, current_device, disk_cached, disk_cached_rows
-from ..data import Images, Tokens, flip_crop, image_set, scale_to_available, text_tokens, unpack
-from ..measure import inference_ms, measure_energy, peak_memory_mb, require_memory, require_training_memory, time_it
-from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims,
-                            hidden_paths, hidden_shapes, hidden_states, model_logits, resnet18, resnet50)
+from ..core import by_profile, check_choice, current_device
+from ..data import Images, Tokens, flip_crop, image_set, scale_to_available, text_tokens
+from ..measure import measure_energy, peak_memory_mb, require_training_memory
+from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims, hidden_paths,
+                            resnet18, resnet50)
 from ..report import esc, fig_to_img, fmt, html_table, seed_curves
-from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, part_params
-from ..train import WarmupLinear, classification_scores, resolve_precision, to_device, train
+from ..runner import Claim, Gate, Metric, Spec, arm_mean, gate_above, gate_all, gate_info, part_params
+from ..teacher import (batch_inputs, beside_metrics, beside_teacher, cached_model, cached_outputs, cached_state, teacher_cost,
+                             train_ce, train_indexed)
+from ..train import resolve_precision
 
 # %% auto #0
 __all__ = ['LAYER_SCHEMES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
            'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers',
-           'train_teacher', 'cached_hidden', 'cached_state', 'sst2_tokens', 'vision_sizes', 'cifar_images',
-           'get_teacher', 'teacher_outputs', 'distill_loss_fn', 'distill_student', 'is_distilled', 'train_and_measure',
-           'task_params', 'fit_part', 'fit', 'arms', 'gate_learned', 'claims', 'sections', 'spec']
+           'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher', 'teacher_outputs', 'distill_loss_fn',
+           'distill_student', 'is_distilled', 'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms',
+           'gate_learned', 'claims', 'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c011
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
@@ -101,58 +102,6 @@ def student_from_layers(encoder:nn.Module, # a BERT-family encoder (`transformer
     for dst, src in zip(student.encoder.layer, layers): dst.load_state_dict(encoder.encoder.layer[src].state_dict())
     return student
 
-# %% ../../nbs/40_distill.ipynb #c040
-_CE_ONLY = dict(temperature=1.0, w_ce=1.0, w_kd=0.0, w_hid=0.0)  # the teacher's loss: cross-entropy alone
-
-def train_teacher(model:nn.Module, train_data, eval_data, # the teacher, `Tokens` or `Images`
-                  params:dict, # teacher_steps, teacher_lr, batch_size, wd (default 0.01)
-                  device:str, # where it trains
-                  augment=None) -> dict: # applied to every batch's inputs (None: none)
-    "Train a teacher for `params['teacher_steps']` batches (AdamW, linear decay, fp32); its training time and accuracy."
-    require_training_memory(f"teacher training ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=params['teacher_lr'], weight_decay=params.get('wd', 0.01))
-    loader = train_data.train_batches(len(train_data), params['batch_size'], seed=0, steps=params['teacher_steps'])
-    state = train(model, loader, opt, max_steps=params['teacher_steps'], loss_fn=distill_loss_fn(model, {}, train_data, None, [], _CE_ONLY, augment),
-                  callbacks=[WarmupLinear(params['teacher_lr'], 0, params['teacher_steps'])], device=device)
-    acc = classification_scores(model_logits(model, eval_data, device=device), eval_data.labels)['accuracy']
-    return dict(train_s=state.train_s, steps=state.step, val_accuracy=acc)
-
-# %% ../../nbs/40_distill.ipynb #c040b
-@torch.no_grad()
-def _teacher_logits(teacher:nn.Module, data, n:int, # the first `n` examples of `data`
-                   eval_data, device:str, batch_size:int=64) -> dict:
-    "Logits of `teacher` on the first `n` examples of `data` and on `eval_data`, and the time these forward passes took."
-    teacher.to(device).eval()
-    def run():
-        logits = [teacher(*to_device(data.inputs(list(range(i, min(i + batch_size, n))))[0], device)).float().cpu() for i in range(0, n, batch_size)]
-        out.update(logits=torch.cat(logits), val_logits=model_logits(teacher, eval_data, device=device))
-    out = {}
-    return dict(out, forward_s=time_it(run, warmup=0, repeats=1, device=device)['median_s'])
-
-def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the states of `layers` on the first `n` examples of `data`
-                  tag:str, key:dict, # the cache files: `tag` and what the states depend on
-                  what:str, # names the estimate `measure.require_memory` prints
-                  full_n:int|None=None, # dryrun: `full`'s n, to print what `full` would need
-                 ) -> dict:
-    "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
-    layers = sorted(set(layers))
-    if not layers: return {}
-    shapes = hidden_shapes(teacher, data, n)
-    nbytes = sum(2 * math.prod(shapes[k]) for k in layers)  # fp16
-    if full_n:  # dryrun: what `full` would hold, scaled from this slice (token counts by the slice's mean length)
-        try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
-        except BadInput as e: print(f'{e} -- full would refuse here')
-    require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
-    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else None
-    return disk_cached_rows('distill', {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
-                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device), n, row, multiple=64, what=f'{what}: layers')
-
-def cached_state(cached:dict, data, # the teacher's cached outputs (`teacher_outputs`); `Tokens` or `Images`
-                 layer:int, idx, inputs) -> torch.Tensor: # the examples `idx` and their batch's model inputs
-    "The cached teacher state of `layer` for examples `idx`, as float32: token states unpacked and padded like `inputs`."
-    if isinstance(data, Tokens): return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
-    return cached['hidden'][layer][torch.as_tensor(idx, dtype=torch.long)].float()
-
 # %% ../../nbs/40_distill.ipynb #c042
 def sst2_tokens(pp:dict, # the NLP part's params (`runner.part_params(params, 'nlp')`)
                 profile:str) -> tuple[Tokens, Tokens, str]: # dryrun offline: MiniLM's tokenizer, the same uncased WordPiece vocabulary
@@ -165,10 +114,8 @@ def sst2_tokens(pp:dict, # the NLP part's params (`runner.part_params(params, 'n
 def vision_sizes(vp:dict, # the vision part's params
                  profile:str) -> dict: # picks the source (a stand-in in smoke and quick without the mirror)
     "`n_teacher_train` and `n_test` of `vp`, each scaled to what the resolved source holds where it is smaller (`data.scale_to_available`)."
-    out = dict(n_teacher_train=vp['n_teacher_train'], n_test=vp['n_test'])
-    for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')):
-        if out[k] is not None: out.update(scale_to_available('cifar10', split, profile, {k: out[k]}))
-    return out
+    return {k: vp[k] if vp[k] is None else scale_to_available('cifar10', split, profile, {k: vp[k]})[k]
+            for split, k in (('train', 'n_teacher_train'), ('test', 'n_test'))}
 
 def cifar_images(vp:dict, # the vision part's params
                  profile:str) -> tuple[Images, Images, str]: # picks the source
@@ -177,7 +124,6 @@ def cifar_images(vp:dict, # the vision part's params
     (tr, s_tr), (te, s_te) = (image_set('cifar10', split, profile, sz[k], vp['image_size']) for split, k in (('train', 'n_teacher_train'), ('test', 'n_test')))
     return tr, te, f"train: {s_tr}; test: {s_te}"
 
-# %% ../../nbs/40_distill.ipynb #c044a
 _PREFIX = dict(nlp='', vision='vision_')  # metric (and cache file) prefix of each part: NLP metrics keep their unprefixed names
 
 def _part_data(pp:dict, # a part's params (`runner.part_params`)
@@ -195,41 +141,30 @@ def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights:
 def get_teacher(pp:dict, # the part's params (`runner.part_params`)
                 part:str, # 'nlp' or 'vision'
                 profile:str, device:str|None=None) -> tuple[nn.Module, dict]: # sizes and models; where it trains
-    "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`core.disk_cached`), and its record."
+    "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`teacher.cached_model`), and its record."
     device = device or current_device()
     tr, ev, source = _part_data(pp, part, profile)
     torch.manual_seed(0)  # random weights (dryrun) are the same in every cell
-    if part == 'nlp': enc, weights = from_config_or_pretrained(pp['teacher'], profile)
-    else: weights = 'trained from scratch'
-    key, tag = _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher'
+    enc, weights = from_config_or_pretrained(pp['teacher'], profile) if part == 'nlp' else (None, 'trained from scratch')
     torch.manual_seed(0)
     model = TextClassifier(enc) if part == 'nlp' else resnet50(10, pp['width'])
-    def fit_teacher():
-        rec = train_teacher(model, tr, ev, pp, device, augment=None if part == 'nlp' else flip_crop(0, pp['image_size'] // 8))
-        return dict(state={k: v.cpu() for k, v in model.state_dict().items()},
-                    record=dict(rec, source=source, params=count_params(model), path=str(cache_path('distill', key, tag)), device=device))
-    blob = disk_cached('distill', key, fit_teacher, tag)
-    model.load_state_dict(blob['state'])
-    return model.to(device).eval(), dict(blob['record'], weights=weights)
+    fit = lambda: dict(train_ce(model, tr, ev, pp['teacher_steps'], pp['teacher_lr'], pp['batch_size'], device, pp.get('wd', 0.01),
+                                None if part == 'nlp' else flip_crop(0, pp['image_size'] // 8)), source=source, params=count_params(model))
+    model, rec = cached_model('distill', _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher', model, fit, device)
+    return model, dict(rec, weights=weights)
 
 def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the teacher (`get_teacher`) and its part's params, name, profile
                     record:dict, # the teacher's record (`get_teacher`)
                     device:str|None=None, # where the teacher runs (default: `current_device()`)
                     layers=(), # the teacher layers (stages) whose states to hold: only these are cached
                    ) -> dict:
-    "Teacher outputs, cached: logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
-    device = device or current_device()
+    "Teacher outputs, cached (`teacher.cached_outputs`): logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
     tr, ev, source = _part_data(pp, part, profile)
     n = min(pp['n_train'], len(tr))
-    key = dict(_teacher_key(pp, part, source, record['weights']), n_train=n)
-    def compute():
-        out = dict(_teacher_logits(teacher, tr, n, ev, device), teacher_train_s=record['train_s'])
-        if part == 'nlp': out['offsets'] = torch.cat([torch.zeros(1, dtype=torch.long), tr.lengths[:n].cumsum(0)])
-        return out
-    out = disk_cached('distill', key, compute, _PREFIX[part] + 'teacher_out')
     what = f"{profile}: {'NLP' if part == 'nlp' else 'vision'} teacher cache ({n} {'sentences' if part == 'nlp' else 'images'})"
     full_n = task_params('full')[part]['n_train'] if profile == 'dryrun' else None
-    return dict(out, hidden=cached_hidden(teacher, tr, n, layers, device, _PREFIX[part] + 'teacher_hidden', key, what, full_n))
+    return cached_outputs(teacher, tr, n, ev, device or current_device(), 'distill', dict(_teacher_key(pp, part, source, record['weights']), n_train=n),
+                          _PREFIX[part] + 'teacher', layers, what, full_n, extra=dict(teacher_train_s=record['train_s']))
 
 # %% ../../nbs/40_distill.ipynb #c046
 def _build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> nn.Module:
@@ -246,23 +181,18 @@ def _student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tu
 
 def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per pair, keyed 's_t'
                     data, cached:dict|None, # the teacher's cached outputs (None: the student alone)
-                    pairs, params:dict, # temperature, w_ce, w_kd, w_hid
-                    augment=None): # applied to the inputs of every batch (the teacher's flips and crops)
+                    pairs, params:dict): # temperature, w_ce, w_kd, w_hid
     "A `lwstudy.train.train` loss function: batches are index tensors; teacher outputs come from `cached`."
     s_paths = hidden_paths(student)
     paths = sorted({s_paths[s] for s, _ in pairs})
     def loss_fn(model, batch):
-        idx = batch[0].tolist()
-        args, y, mask = data.inputs(idx)
-        dev = next(model.parameters()).device
-        args, y, mask = to_device(args, dev), y.to(dev), None if mask is None else mask.to(dev)
-        if augment is not None: args = augment(*args)
+        idx, args, y, mask = batch_inputs(data, batch, model)
         with HiddenCapture(model, paths) as cap: logits = model(*args)
         t_logits, hp = None, []
         if cached is not None:
-            t_logits = cached['logits'][idx].to(dev)
+            t_logits = cached['logits'][idx].to(y.device)
             for s, t in pairs:
-                th = cached_state(cached, data, t, idx, args).to(dev)
+                th = cached_state(cached, data, t, idx, args).to(y.device)
                 hp.append((proj[f'{s}_{t}'](cap.outputs[s_paths[s]].float()), th))
         loss, parts = distill_loss(logits, y, t_logits, hp, mask, T=params['temperature'], w_ce=params['w_ce'],
                                    w_kd=params['w_kd'] if cached is not None else 0.0, w_hid=params['w_hid'])
@@ -282,11 +212,9 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # No
     student.proj = proj  # registered, so its parameters train and move with the student
     if isinstance(student, TextClassifier):
         student.encoder.embeddings.word_embeddings.weight.requires_grad_(not params['freeze_word_embeddings'])
-    opt = torch.optim.AdamW([w for w in student.parameters() if w.requires_grad], lr=params['lr'], weight_decay=params.get('wd', 0.01))
     loss_fn = distill_loss_fn(student, proj, data, cached, pairs, params)
-    loader = data.train_batches(params['n_train'], params['batch_size'], seed, steps=params['steps'])
-    state = train(student, loader, opt, max_steps=params['steps'], loss_fn=loss_fn,
-                  callbacks=[WarmupLinear(params['lr'], 0, params['steps'])], precision=params['precision'], device=device)
+    state = train_indexed(student, data, loss_fn, params['steps'], params['lr'], params['batch_size'], device, params['n_train'], seed,
+                          params.get('wd', 0.01), params['precision'])
     return state, loss_fn.parts
 
 # %% ../../nbs/40_distill.ipynb #c050
@@ -307,29 +235,13 @@ def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the tea
     (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
     peak_mb = peak_memory_mb(lambda: distill_student(mem_probe, teacher, use, train_data, dict(params, steps=1), seed, device), device)
     del student.proj  # inference uses the classifier only
-    s_scores = classification_scores(model_logits(student, eval_data, device=device), eval_data.labels)
-    t_scores = classification_scores(cached['val_logits'], eval_data.labels)
-    g = torch.Generator().manual_seed(0)  # the same random evaluation batches in every cell
-    batches = [to_device(eval_data.inputs(torch.randperm(len(eval_data), generator=g)[:params['batch_size']].tolist())[0], device)
-               for _ in range(params['speed_batches'])]
-    ms = inference_ms(dict(teacher=teacher, student=student), batches, params['speed_repeats'], device)
-    teacher_cost_s = (trec['train_s'] + cached['forward_s']) if distilled else 0.0
+    out = beside_teacher(student, teacher, cached, eval_data, params['batch_size'], params['speed_batches'], params['speed_repeats'], device)
     pairs = _student_pairs(params, student, teacher) if distilled else []
     cache_mb = (cached['logits'].numel() * 4 + sum(cached['hidden'][t].numel() * 2 for t in {t for _, t in pairs})) / 1e6 if distilled else 0.0
-    counts = torch.bincount(eval_data.labels)
-    out = dict(accuracy=s_scores['accuracy'], f1=s_scores['f1'], val_loss=s_scores['loss'],
-               teacher_accuracy=t_scores['accuracy'], teacher_f1=t_scores['f1'],
-               accuracy_retention=s_scores['accuracy'] / t_scores['accuracy'],
-               train_time_s=state.train_s, train_time_with_teacher_s=state.train_s + teacher_cost_s, teacher_cost_s=teacher_cost_s,
-               teacher_train_s=trec['train_s'], teacher_forward_s=cached['forward_s'],
-               infer_ms_per_batch=ms['student'], teacher_infer_ms_per_batch=ms['teacher'],
-               speedup_vs_teacher=ms['teacher'] / ms['student'], train_peak_mb=peak_mb, teacher_cache_mb=cache_mb,
-               student_params=count_params(student), teacher_params=count_params(teacher),
-               n_hidden_pairs=len(pairs), final_loss=state.loss, final_ce=parts[-1]['ce'],
-               hidden_pairs=str(pairs), teacher_record=f"teacher: {trec['steps']} steps, {trec['train_s']:.1f} s, "
-               f"val accuracy {trec['val_accuracy']:.4f}; weights: {trec['weights']}; cache {trec['path']}",
-               loss_curve=[h[2] for h in state.history], precision_used=params['precision'], energy_counter=energy,
-               chance_accuracy=int(counts.max()) / int(counts.sum()))
+    out.update(teacher_cost(trec, cached, state.train_s, distilled), train_peak_mb=peak_mb, teacher_cache_mb=cache_mb, n_hidden_pairs=len(pairs),
+               final_loss=state.loss, final_ce=parts[-1]['ce'], hidden_pairs=str(pairs), loss_curve=[h[2] for h in state.history],
+               precision_used=params['precision'], energy_counter=energy, teacher_record=f"teacher: {trec['steps']} steps, {trec['train_s']:.1f} s, "
+               f"val accuracy {trec['val_accuracy']:.4f}; weights: {trec['weights']}; cache {trec['path']}")
     if energy_j is not None: out['train_energy_j'] = energy_j
     return out
 
@@ -393,8 +305,7 @@ def fit_part(params:dict, # the arm's params: shared keys and `parts`
     pp = dict(pp, n_train=min(pp['n_train'], len(tr)))  # the digits stand-in holds 1,437 training images
     layers = sorted({t for _, t in _student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
     cached = teacher_outputs(teacher, pp, part, profile, trec, device, layers)
-    out = dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source)
-    return dict(out, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
+    return dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
                         dict(n_train_images=pp['n_train'], n_test_images=len(ev))))
 
 def fit(params:dict, # an arm: layers, precision, w_kd, w_ce, w_hid, temperature, and parts {'nlp': sizes, 'vision': sizes}
@@ -418,33 +329,19 @@ def arms(profile:str) -> dict:
     def arm(layers, precision, w_kd):
         return dict(layers=layers, precision=precision, w_kd=w_kd, w_ce=1.0, w_hid=1.0, temperature=2.0, parts=task_params(profile))
     return {'alone_fp32': arm('none', 'fp32', 0.0), 'all_fp32': arm('all', 'fp32', 1.0), 'last3_fp32': arm('last3', 'fp32', 1.0),
-            'every_other_fp32': arm('every_other', 'fp32', 1.0), 'alone_mixed': arm('none', 'mixed', 0.0),
-            'last3_mixed': arm('last3', 'mixed', 1.0)}
+            'every_other_fp32': arm('every_other', 'fp32', 1.0), 'alone_mixed': arm('none', 'mixed', 0.0), 'last3_mixed': arm('last3', 'mixed', 1.0)}
 
 def _metrics(prefix:str, what:str, eval_set:str, batch:str) -> list:
-    "The metrics of one part, named with `prefix`."
+    "The metrics of one part, named with `prefix`: `teacher.beside_metrics` with the training cost and the cached teacher data."
     M = lambda name, *a, **k: Metric(prefix + name, *a, **k)
-    return [
-        M('accuracy', True, doc=f'{what} student accuracy on {eval_set}'),
-        M('f1', True, doc=f'{what} student macro F1 on {eval_set}'),
-        M('accuracy_retention', True, doc='student accuracy / teacher accuracy, same cell'),
-        M('speedup_vs_teacher', True, 'x', 'ratio', 'teacher ms per batch / student ms per batch, timed side by side', timing=True),
-        M('infer_ms_per_batch', False, 'ms', 'ratio', f'student inference, {batch}, fp32'),
+    return beside_metrics(prefix, what, eval_set, batch, cost=[
         M('train_time_s', False, 's', 'ratio', "wall time of the student's training loop"),
         M('train_time_with_teacher_s', False, 's', 'ratio', "student training + the teacher's one-off training and forward pass (0 for the student alone)"),
         M('train_peak_mb', False, 'MB', 'ratio', 'peak tensor memory of one training step (CPU: counted at the dispatcher)'),
-        M('teacher_cache_mb', False, 'MB', 'diff', 'cached teacher outputs the arm reads (fp32 logits + its chosen hidden states, fp16)', exact=True),
-        M('teacher_accuracy', True, doc='teacher accuracy on the same evaluation set (the same in every cell)', exact=True),
-        M('chance_accuracy', True, doc='majority-class rate of the evaluation set (the accuracy of always guessing the commonest class)', exact=True),
-        M('student_params', False, doc='student parameters', exact=True),
-    ]
+        M('teacher_cache_mb', False, 'MB', 'diff', 'cached teacher outputs the arm reads (fp32 logits + its chosen hidden states, fp16)', exact=True)])
 
 METRICS = (_metrics('', 'NLP', 'the SST-2 validation set', 'batch of validation sentences (the training batch size)') +
            _metrics('vision_', 'vision', 'the CIFAR-10 test slice', 'batch of test images (the training batch size)'))
-
-def _mean(table, metric, arm):
-    v = table[(table.metric == metric) & (table.arm == arm)].value
-    return float(v.mean()) if len(v) else float('nan')
 
 def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
                  arm:str, # the arm whose cells are read
@@ -452,17 +349,12 @@ def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
                 ) -> Gate:
     "Mean `metric` of `arm` beats the mean majority-class rate of the same evaluation set by `CHANCE_MARGIN` (on the run's own data)."
     who = f"{'teacher' if metric == 'teacher_accuracy' else arm + ' student'} ({prefix.rstrip('_') or 'NLP'})"
-    def check(table, records):
-        v, chance = _mean(table, prefix + metric, arm), _mean(table, prefix + 'chance_accuracy', arm)
-        if np.isnan(v) or np.isnan(chance): return False, f'{who}: no cells of arm {arm}'
-        need = chance + CHANCE_MARGIN
-        return bool(v > need), f'{who} accuracy {v:.3f} (needs > {need:.3f}: majority class {chance:.3f} + {CHANCE_MARGIN})'
-    return Gate(f'the {who} beats the majority-class rate by {CHANCE_MARGIN}', check)
+    return gate_above(prefix + metric, arm, prefix + 'chance_accuracy', CHANCE_MARGIN, f'the {who} beats the majority-class rate by {CHANCE_MARGIN}',
+                      who, 'accuracy', 'majority class')
 
 def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> list:
     "The claims of one part, on metrics named with `prefix`, ids prefixed with `tag`; ids in `primary` are the primary family."
-    def C(cid, text, metric, *a, **k):
-        return Claim(tag + cid, f'{what}: {text}', prefix + metric, *a, family='primary' if cid in primary else 'exploratory', **k)
+    C = lambda cid, text, metric, *a, **k: Claim(tag + cid, f'{what}: {text}', prefix + metric, *a, family='primary' if cid in primary else 'exploratory', **k)
     learned = lambda arm, metric='accuracy': gate_learned(prefix, arm, metric)
     teacher, pts = learned('last3_fp32', 'teacher_accuracy'), f'{NONINFERIORITY * 100:g} point'
     mixed = gate_info(prefix + 'precision_used', 'last3_mixed', lambda v: v in ('bf16', 'fp16'),  # not fp32, where 'mixed' resolves to it
@@ -488,12 +380,10 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
           '(3 cached layers or stages against all of them)', 'teacher_cache_mb', 'last3_fp32', 0.0, '<', 'diff', vs='all_fp32', source='study plan'),
     ]
 
-_PRIMARY = (('', ('distill-beats-alone', 'mixed-faster')), ('vision_', ('distill-beats-alone',)))
-
 def claims() -> list:
     "Both parts' claims; primary: distillation beats the student alone (each part), mixed precision cuts training time (NLP)."
-    p = dict(_PRIMARY)
-    return _claims('', '', 'NLP', 'teacher layers', p['']) + _claims('vision_', 'vision-', 'Vision', '4 teacher stages', p['vision_'])
+    return (_claims('', '', 'NLP', 'teacher layers', ('distill-beats-alone', 'mixed-faster')) +
+            _claims('vision_', 'vision-', 'Vision', '4 teacher stages', ('distill-beats-alone',)))
 
 # %% ../../nbs/40_distill.ipynb #c056
 _HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
@@ -504,7 +394,7 @@ _COLUMNS = (('student accuracy', 'accuracy'), ('teacher accuracy', 'teacher_accu
 def _goals(records:list, table, p:str) -> str:
     "Per arm, means over seeds: the goals' metrics, the training cost with and without the teacher, and the precision and energy counter as run."
     ran = lambda arm, key: ', '.join(sorted({str(r['info'].get(p + key, '?')) for r in records if r['arm'] == arm}))
-    return html_table(pd.DataFrame([{'arm': arm, **{c: fmt(_mean(table, p + m, arm), 3) for c, m in _COLUMNS},
+    return html_table(pd.DataFrame([{'arm': arm, **{c: fmt(arm_mean(table, p + m, arm), 3) for c, m in _COLUMNS},
                                      'precision that ran': ran(arm, 'precision_used'), 'energy counter': ran(arm, 'energy_counter')}
                                     for arm in table.arm.unique()]))
 
@@ -548,16 +438,13 @@ def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
         "per seed (a bottleneck block holds no weights of a basic block's shape).",
         'Stand-ins without the parquet mirror: Shakespeare comedy vs tragedy passages for SST-2, scikit-learn digits (1,437 training '
         'images) for CIFAR-10, named in the Data section. Evaluation: the SST-2 validation split (the GLUE test labels are hidden).',
-        f"Only the loss (and precision) differs between arms: CE {a['w_ce']:g}, soft KL {a['w_kd']:g} (T = {a['temperature']:g}) and hidden "
-        f"MSE {a['w_hid']:g} (mean over pairs) when distilled. 'mixed' resolves in fit from the run's device (fp16 + scaler on CUDA, bf16 on "
-        "CPUs with native bf16, else fp32; recorded as precision_used); where it ran fp32 the precision claims are gated out.",
+        "Only the loss (its weights: the arms' params) and precision differ between arms. 'mixed' resolves in fit from the run's device "
+        "(fp16 + scaler on CUDA, bf16 on CPUs with native bf16, else fp32; recorded as precision_used); if fp32, the precision claims are gated out.",
         'Arms left out to fit 15 minutes: all-layers and every-other in mixed precision. Energy: NVML on CUDA, RAPL on the CPU, where '
         "readable (each record names the counter). Peak memory: tensor storage at the dispatcher (CPU), torch.cuda peak (GPU). Inference: "
         'fp32, teacher and student alternated.',
     ]
     return Spec('distill', 'Does selective-layer distillation with reduced precision give a student close to the teacher at a '
                 'fraction of the compute?', arms(profile), 'alone_fp32', METRICS, claims(), fit,
-                plan='003_1d7d88850547e495.txt', datasets=[('sst2', 'train', None), ('sst2', 'validation', None),
-                                                           ('cifar10', 'train', None), ('cifar10', 'test', None)],
-                notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'),
-                version=3)  # 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
+                plan='003_1d7d88850547e495.txt', datasets=[('sst2', 'train', None), ('sst2', 'validation', None), ('cifar10', 'train', None),
+                ('cifar10', 'test', None)], notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'), version=3)  # 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
