@@ -18,8 +18,8 @@ from .measure import sync
 __all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
            'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer',
            'set_train_mode', 'eval_point', 'train', 'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup',
-           'PlateauLR', 'ReplayLR', 'StepDecay', 'schedule_free_adamw', 'GpuUtil', 'ValTracker', 'predict',
-           'classification_scores', 'evaluate']
+           'PlateauLR', 'ReplayLR', 'StepDecay', 'schedule_free_adamw', 'WindowMean', 'GpuUtil', 'ValTracker',
+           'predict', 'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -301,6 +301,13 @@ def schedule_free_adamw(params, # parameters (or a module: its trainable ones)
     import schedulefree
     if isinstance(params, torch.nn.Module): params = [p for p in params.parameters() if p.requires_grad]
     return schedulefree.AdamWScheduleFree(params, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay, betas=betas)
+
+class WindowMean(Callback):
+    "Means of a per-step statistic `fn(state)` over windows of `every` steps: (last step, mean) rows in `trace`."
+    def __init__(self, fn, every:int): self.fn, self.every, self.buf, self.trace = fn, every, [], []
+    def after_step(self, state):
+        self.buf.append(self.fn(state))
+        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
 
 class GpuUtil(Callback):
     "NVML GPU utilisation (%) sampled every `every` steps on CUDA; `summary` is the mean, or why there is none."

@@ -15,14 +15,14 @@ from ..data import data_dir, image_tensors, load, scale_to_available, take
 from ..models import bert_tokenizer, count_params, from_config_or_pretrained, pretrained_path, resnet18
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..text import FrozenLowerClassifier, TopClassifier, lower_states, qa_loss, squad_features, squad_frames, squad_scores, text_forward, text_loss
-from ..train import (Callback, CosineWarmup, FixedLR, GpuUtil, PlateauLR, ReplayLR, Scheduler, StepDecay, ValTracker, evaluate,
+from ..train import (CosineWarmup, FixedLR, GpuUtil, PlateauLR, ReplayLR, Scheduler, StepDecay, ValTracker, WindowMean, evaluate,
                            make_loader, resolve_precision, schedule_free_adamw, train)
 
 # %% auto #0
 __all__ = ['RULE', 'SCHEDULES', 'CONTROLS', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
-           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'EntropyMonitor',
-           'make_scheduler', 'matched_decay', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task',
-           'task_params', 'rule_decisions', 'fit', 'rule_gate', 'spec', 'sections']
+           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'make_scheduler',
+           'matched_decay', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
+           'rule_decisions', 'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
 def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over the last dimension
@@ -80,13 +80,6 @@ class UncertaintyLR(Scheduler):
         if self.mode == 'adaptive': self.ref = u if self.ref is None else self.beta * self.ref + (1 - self.beta) * u
         self.trace.append((state.step, u, half, ref, state.lr, action))
 
-class EntropyMonitor(Callback):
-    "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
-    def __init__(self, every:int): self.every, self.buf, self.trace = every, [], []
-    def after_step(self, state):
-        self.buf.append(batch_entropy(state.logits))
-        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
-
 # %% ../../nbs/50_uncertainty_lr.ipynb #c024
 SCHEDULES = ('fixed', 'uncertainty', 'replay', 'shuffled', 'step', 'cosine', 'plateau', 'schedulefree')
 CONTROLS = ('replay', 'shuffled')  # arms built on the uncertainty arm's own decisions for the same task and seed
@@ -104,11 +97,9 @@ SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so cha
     schedulefree=dict(warmup_frac=0.1)) # schedule-free AdamW (weight decay 0, as Adam) with its own warm-up over 10% of the steps
 
 def make_scheduler(name:str, # one of `SCHEDULES`
-                   total_steps:int, # the training budget (cosine's length)
-                   every:int, # the uncertainty rule's window (steps)
+                   total_steps:int, every:int, # the budget (cosine's length); the uncertainty rule's window (steps)
                    kw:dict|None=None, # the schedule's settings; default `SCHEDULE_KW[name]`
-                   decisions=None, # replay/shuffled: the uncertainty run's (already permuted for shuffled) decision trace
-                   step_decay:float|None=None, # step: the LR factor per window
+                   decisions=None, step_decay:float|None=None, # replay/shuffled: the rule's (permuted) decisions; step: LR factor/window
                   ) -> Scheduler:
     "One of `SCHEDULES` (`train`'s schedules and `UncertaintyLR`), configured by `kw` (the experiment's: `SCHEDULE_KW`)."
     check_choice('schedule', name, SCHEDULES)
@@ -121,9 +112,8 @@ def make_scheduler(name:str, # one of `SCHEDULES`
     if name == 'cosine': return CosineWarmup(total_steps, **kw)
     return PlateauLR(**kw)
 
-def matched_decay(lr_traces, # per seed, the uncertainty arm's LR / LR0 after each window (equal lengths)
-                 ) -> float:
-    "The step decay per window with the mean (geometric) decay per window of the median trajectory over seeds."
+def matched_decay(lr_traces) -> float:
+    "Step decay per window with the mean (geometric) decay per window of the median over seeds of `lr_traces` (LR / LR0 per window)."
     med = np.median(np.asarray(lr_traces, dtype=float), axis=0)
     return float(med[-1] ** (1 / len(med)))
 
@@ -132,18 +122,16 @@ def run_schedule(model, # the model to train (in place)
                  loader, # training batches
                  p:dict, # the part's params: schedule, schedule_kw, lr, steps, every, eval_every, target, precision (+ decisions, step_decay)
                  evaluate_fn, # model -> dict with the `score` entry and 'loss' on the validation slice
-                 loss_fn=None, # (model, batch) -> (loss, logits); default: classification on (x, y)
-                 score:str='accuracy', # the entry of `evaluate_fn`'s dict compared with `p['target']`
+                 loss_fn=None, score:str='accuracy', # (model, batch) -> (loss, logits), default classification; `evaluate_fn`'s score
                 ) -> dict:
     "Train `model` with Adam under `p['schedule']` for `p['steps']` steps; metrics and traces."
     qs, sf = [q for q in model.parameters() if q.requires_grad], p['schedule'] == 'schedulefree'
     opt = schedule_free_adamw(qs, p['lr'], round(p['schedule_kw']['warmup_frac'] * p['steps'])) if sf else torch.optim.Adam(qs, lr=p['lr'])
     sched = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw'], p.get('decisions'), p.get('step_decay'))
-    val, mon, gpu = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score), EntropyMonitor(p['every']), GpuUtil(p['every'])
-    kw = dict(loss_fn=loss_fn) if loss_fn else {}
-    state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched, gpu], precision=p['precision'], **kw)
-    train_s = state.train_s - val.eval_s
-    decisions = list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
+    val, mon, gpu = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score), WindowMean(lambda st: batch_entropy(st.logits), p['every']), GpuUtil(p['every'])
+    state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched, gpu], precision=p['precision'],
+                  **(dict(loss_fn=loss_fn) if loss_fn else {}))
+    train_s, decisions = state.train_s - val.eval_s, list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
                 sched_overhead_frac=sched.overhead_s / train_s,
                 lr_trace=sched.lr_trace[::max(1, p['every'] // 2)], entropy_trace=mon.trace, val_curve=val.curve,
@@ -153,8 +141,7 @@ def run_schedule(model, # the model to train (in place)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c028
 def run_settings(p:dict, # a part's params (see `task_params`)
-                 name:str|None, # the dataset the task reads (None: no scaling)
-                 test_split:str|None, # its held-out split
+                 name:str|None, test_split:str|None, # the dataset the task reads (None: no scaling) and its held-out split
                  profile:str, # the run's profile (selects the data source)
                 ) -> dict:
     "`p` as this run uses it: sizes scaled to the rows the resolved source has, precision and batch size resolved for the device."
@@ -170,9 +157,7 @@ def run_settings(p:dict, # a part's params (see `task_params`)
                  **{k: max(2, round(q[k] * f)) for k in ('n_val', 'n_test') if q[k]})
     return q
 
-def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
-               seed:int, # initialisation and data order
-               profile:str, # the run's profile
+def cifar_task(p:dict, seed:int, profile:str, # `part_params(arm, 'cifar10')`; initialisation and data order; the run's profile
               ) -> dict:
     "Train ResNet-18 (width `p['width']`) on CIFAR-10 under `p['schedule']`; test accuracy/F1 and the run's traces."
     p = run_settings(p, 'cifar10', 'test', profile)
@@ -189,8 +174,7 @@ def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
 # %% ../../nbs/50_uncertainty_lr.ipynb #c032
 def _random_ok(name:str, profile:str) -> bool:
     "Whether this run builds `name` with random weights (`dryrun` only, when its pretrained weights are unavailable offline)."
-    if profile != 'dryrun': return False
-    try: pretrained_path(name); return False
+    try: return profile == 'dryrun' and not pretrained_path(name)
     except BadInput: return True
 
 @functools.cache
@@ -210,9 +194,7 @@ def _text_features(name, split, profile, n, model_name, max_len, n_frozen, cache
     key = dict(dataset=name, split=split, source=source, n=n, seed=0, model=model_name, max_len=max_len, n_frozen=n_frozen, cache_lower=cache_lower)
     return compute() if rnd else disk_cached('uncertainty_lr', key, compute, tag=f'{name}_{split}')
 
-def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
-              seed:int, # initialisation and data order
-              profile:str, # the run's profile
+def imdb_task(p:dict, seed:int, profile:str, # `part_params(arm, 'imdb')`; initialisation and data order; the run's profile
              ) -> dict:
     "Fine-tune the top of a BERT-family encoder on IMDB under `p['schedule']`; test accuracy, F1, AUC and traces."
     p = run_settings(p, 'imdb', 'test', profile)
@@ -234,9 +216,7 @@ def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
                 params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c036
-def squad_task(p:dict, # the part's params: `part_params(arm, 'squad_v2')`
-               seed:int, # initialisation and data order
-               profile:str, # the run's profile
+def squad_task(p:dict, seed:int, profile:str, # `part_params(arm, 'squad_v2')`; initialisation and data order; the run's profile
                frames=None, # (train, val, test) question frames, for checks; default `text.squad_frames` of the part's sizes
               ) -> dict:
     "Fine-tune an extractive QA model on SQuAD v2 under `p['schedule']`; dev EM and F1."
@@ -289,8 +269,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         step_decay=(0.9, 0.9, 0.9, 0.9)),            # `step`'s LR per window: matched_decay of a pilot (full/dryrun: the rule's factor)
     squad_v2=_by_profile(('full', 'dryrun'),         # full and dryrun only: the mirror has 1,124 dev questions, no train split
         model='bert-large',                          # the plan's
-        max_len=384,                                 # tokens per window
-        stride=128,                                  # overlap of consecutive windows, tokens
+        max_len=384, stride=128,                     # tokens per window, overlap of consecutive windows
         train_split=('train', 'validation'),         # dryrun: train/validation/test are disjoint slices of the dev split
         n_train=(125000, 64),                        # training questions
         n_val=(5000, 32),                            # validation questions (disjoint from the training ones)
@@ -298,8 +277,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         batch_size=32,                               # windows per step
         lr=3e-5,                                     # Adam's initial LR, every arm
         steps=(2 * 4063, 2),                         # the budget, steps (full: 2 epochs)
-        every=(10, 2),                               # steps per rule window
-        eval_every=(1000, 2),                        # steps between validation passes
+        every=(10, 2), eval_every=(1000, 2),         # steps per rule window, between validation passes
         target=0.7,                                  # validation F1 defining steps to target (a round guess)
         step_decay=0.9))                             # the rule's factor (no pilot)
 PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
@@ -324,9 +302,7 @@ def rule_decisions(task:str, params:dict, seed:int, profile:str, # the cell (any
     run = lambda: decisions if decisions is not None else TASKS[task](p, seed, profile)['decisions']
     return disk_cached('uncertainty_lr', key, lambda: [list(d) for d in run()], tag=f'rule_{task}_seed{seed}')
 
-def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., parts=task_params(profile))
-        seed:int, # the cell's seed (initialisation and data order of every task)
-        profile:str, # the run's profile (selects data sources and weights)
+def fit(params:dict, seed:int, profile:str, # an arm (schedule, schedule_kw, parts); initialisation and data order; the profile
        ) -> dict:
     "One (schedule, seed) cell: every task in `params['parts']` trained under `params['schedule']`, metrics prefixed by the task."
     out, sch = {}, params['schedule']
@@ -373,8 +349,7 @@ def _metrics(task:str) -> list:
 def _reached_gate(task:str) -> Gate:
     "Gate: the fixed LR or the uncertainty arm reached the target in at least one seed (else every steps-to-target is censored)."
     def check(table, records):
-        t = table[(table.metric == f'{task}_reached') & table.arm.isin(['fixed', 'uncertainty'])]
-        n = t.groupby('arm').value.sum().reindex(['fixed', 'uncertainty']).fillna(0)
+        n = table[(table.metric == f'{task}_reached')].groupby('arm').value.sum().reindex(['fixed', 'uncertainty']).fillna(0)
         return bool((n > 0).any()), f"seeds reaching the target: fixed {int(n['fixed'])}, uncertainty {int(n['uncertainty'])}"
     return Gate('the fixed LR or the uncertainty schedule reached the target in at least one seed', check)
 
@@ -403,9 +378,8 @@ def _claims(task:str) -> list:
                 ('schedulefree', 'schedule-free AdamW', 'issue 20 (a modern reference)'))]
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c045
-def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
-        ) -> Spec:
-    "The experiment: eight LR schedules, paired by seed, on every task of the profile."
+def spec(profile:str='quick') -> Spec:
+    "The experiment: eight LR schedules, paired by seed, on every task of `profile` (it sets the sizes)."
     tasks = task_params(profile)
     arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], precision=PRECISION, parts=tasks) for s in SCHEDULES}
     u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
@@ -416,13 +390,12 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         f"Adam in every arm from one initial LR per task ({lrs}; the plan's 0.01 is too high for Adam). cifar10: ResNet-18 (CIFAR stem), width "
         f"{c['width']} (the plan: 64), {c['n_train']} train / {c['n_val']} validation images (disjoint, train split), {c['n_test']} test; batch "
         f"{c['batch_size']}, {c['steps']} steps, no augmentation. imdb: {i['model']} (the plan: BERT-base), {i['max_len']} tokens, lower "
-        f"{i['n_frozen']} layers frozen, {i['n_train']} / {i['n_val']} / {i['n_test']} reviews, batch {i['batch_size']}, {i['steps']} steps.",
+        f"{i['n_frozen']} layers frozen, {i['n_train']} / {i['n_val']} / {i['n_test']} reviews, batch {i['batch_size']}, {i['steps']} steps. Sizes the data cannot serve (the digits stand-in) are scaled down (data.scale_to_available).",
         {'full': f"squad_v2: {q['model']}, windows of {q['max_len']} tokens, stride {q['stride']}; the train split comes from the Hub.",
          'dryrun': "dryrun: full's models, lengths, precision policy and code path (squad_v2/BERT-large too) on a few batches and 2 steps; "
                    "random weights where the Hub is unreachable; squad_v2's splits are disjoint dev slices; CPU: BERT tasks at batch "
                    f"{i.get('cpu_batch')}. It checks that the path runs, not results."
          }.get(profile, f"squad_v2 ({q['model']}) runs in 'full' only: the mirror holds 1,124 dev questions (3 of 35 articles), no train split."),
-        "Sizes the resolved data cannot serve (the digits stand-in) are scaled down (data.scale_to_available); each cell's note has its sizes.",
         f"Rule: every {c['every']} steps the window's mean training entropy / log K vs. a fixed threshold {u['threshold']} (set before any "
         f"run); above: LR x {u['factor']}; below by more than the window's 95% CI: LR / {u['factor']}; within [{u['lr_min_frac']}, 1] x LR0.",
         "Controls (version 4): replay = the uncertainty run's LR at each decision step, open loop, same seed and initialisation, independent "
@@ -430,8 +403,8 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
         "shuffled = the rule on the uncertainty run's windows in a random order (the same cut/raise counts, timing unrelated to the model); "
         f"step = x step_decay per window (cifar10 {c['step_decay']}, imdb {i['step_decay']}: the rule's median decay in a pilot, STEP_PILOT); "
         f"schedule-free AdamW (weight decay 0, warm-up {SCHEDULE_KW['schedulefree']['warmup_frac']:.0%}, evaluated at its averaged point, "
-        "BatchNorm statistics not recomputed). Controls read the uncertainty cell's decisions from the disk cache, or recompute them.",
-        f"Gates: a quality claim is informative only if the rule cut and recovered in every seed and the fixed LR beats chance by {LEARN_MARGIN}.",
+        "BatchNorm statistics not recomputed). Controls read the uncertainty cell's decisions from the disk cache, or recompute them. Gates: a "
+        f"quality claim is informative only if the rule cut and recovered in every seed and the fixed LR beats chance by {LEARN_MARGIN}.",
         f"Precision '{PRECISION}' (train.resolve_precision per cell): bf16 on CUDA and native-bf16 CPUs, else fp32. Cosine: warm-up "
         f"{cos['warmup_frac']:.0%}, cosine to {cos['lr_min_frac']:g}. Plateau: ReduceLROnPlateau on validation loss (x{pl['factor']}, patience "
         f"{pl['patience']}, floor {pl['lr_min_frac']}).",
@@ -448,25 +421,20 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
                             # scaled, precision 'auto'; 2: the fixed-threshold rule (1: adaptive, never fired in quick)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c047
-def _xy(records:list, key:str) -> list:
-    "`records` whose series `key`, rows (step, value, ...), is split into series `step` and `value` for `report.seed_curves`."
-    return [dict(r, series=dict(step=[row[0] for row in r['series'][key]], value=[row[1] for row in r['series'][key]]))
-            for r in records if r['series'].get(key)]
-
-def sections(records:list, # the technique's stored records
-             table, # its results table (unused: the sections draw on the records' series)
-            ) -> list:
+def sections(records:list, table) -> list:  # the stored records; the results table (unused)
     "LR, entropy and validation curves per task (mean over seeds, min-max band) and the rule's decisions per seed."
     import pandas as pd
     from matplotlib.figure import Figure
     from lwstudy.report import esc, fig_to_img, html_table, seed_curves
     if not records: return []
+    xy = lambda key: [dict(r, series=dict(step=[row[0] for row in r['series'][key]], value=[row[1] for row in r['series'][key]]))
+                      for r in records if r['series'].get(key)]  # rows (step, value, ...) as series for `report.seed_curves`
     tasks, figs = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')], []
     for rows in ((('lr_trace', 'learning rate'), ('entropy_trace', 'training entropy / log K (window means)')),
                  (('val_curve', 'validation score'),)):
         fig = Figure(figsize=(4.5 * len(tasks), 3.2 * len(rows)))
         for n, ((key, what), t) in enumerate((r, t) for r in rows for t in tasks):
-            ax = seed_curves(_xy(records, f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
+            ax = seed_curves(xy(f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
                              arms=SCHEDULES)
             ax.set_title(f'{t}: {what}', fontsize=10); ax.set_yscale('log' if key == 'lr_trace' else 'linear')
             if key == 'val_curve':
