@@ -73,6 +73,8 @@ def test_quick_sizes_scale_to_the_standin(home, no_mirror):
     from lwstudy.runner import part_params
     p = part_params(ulr.spec('quick').arms['fixed'], 'cifar10')
     have = data.available_rows('cifar10', 'train', 'quick')
+    assert ulr.run_settings(p, 'cifar10', 'test', 'quick')['n_train'] == min(p['n_train'], have)  # v4's 512 + 256 fit the stand-in
+    p = dict(p, n_train=2048)  # version 3's size: more than the stand-in has
     assert have < p['n_train'] + p['n_val']
     data.sources_used(reset=True)
     q = ulr.run_settings(p, 'cifar10', 'test', 'quick')
