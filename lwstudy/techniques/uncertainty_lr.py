@@ -388,7 +388,7 @@ def spec(profile:str='quick') -> Spec:
     c, i, q, lrs = tasks['cifar10'], tasks['imdb'], TABLES['squad_v2']['full'], ', '.join(f"{t} {p['lr']}" for t, p in tasks.items())
     notes = [
         f"Adam in every arm from one initial LR per task ({lrs}; the plan's 0.01 is too high for Adam). cifar10: ResNet-18 (CIFAR stem), width "
-        f"{c['width']} (the plan: 64), {c['n_train']} train / {c['n_val']} validation images (disjoint, train split), {c['n_test']} test; batch "
+        f"{c['width']} (the plan: 64), {c['n_train']} train / {c['n_val']} validation images (disjoint, train split{'; v4: 12 epochs, so the rule can recover' if profile == 'quick' else ''}), {c['n_test']} test; batch "
         f"{c['batch_size']}, {c['steps']} steps, no augmentation. imdb: {i['model']} (the plan: BERT-base), {i['max_len']} tokens, lower "
         f"{i['n_frozen']} layers frozen, {i['n_train']} / {i['n_val']} / {i['n_test']} reviews, batch {i['batch_size']}, {i['steps']} steps. Sizes the data cannot serve (the digits stand-in) are scaled down (data.scale_to_available).",
         {'full': f"squad_v2: {q['model']}, windows of {q['max_len']} tokens, stride {q['stride']}; the train split comes from the Hub.",
@@ -401,7 +401,7 @@ def spec(profile:str='quick') -> Spec:
         "Controls (version 4): replay = the uncertainty run's LR at each decision step, open loop, same seed and initialisation, independent "
         f"data order (seed + {SCHEDULE_KW['replay']['order_offset']:,}; with the same order a deterministic replay is the same run bit for bit); "
         "shuffled = the rule on the uncertainty run's windows in a random order (the same cut/raise counts, timing unrelated to the model); "
-        f"step = x step_decay per window (cifar10 {c['step_decay']}, imdb {i['step_decay']}: the rule's median decay in a pilot, STEP_PILOT); "
+        f"step = x step_decay per window (cifar10 {c['step_decay']}, imdb {i['step_decay']}: the rule's median decay in the notebook's pilot; 1.0 = the fixed LR); "
         f"schedule-free AdamW (weight decay 0, warm-up {SCHEDULE_KW['schedulefree']['warmup_frac']:.0%}, evaluated at its averaged point, "
         "BatchNorm statistics not recomputed). Controls read the uncertainty cell's decisions from the disk cache, or recompute them. Gates: a "
         f"quality claim is informative only if the rule cut and recovered in every seed and the fixed LR beats chance by {LEARN_MARGIN}.",
