@@ -81,7 +81,7 @@ class UncertaintyLR(Scheduler):
         self.trace.append((state.step, u, half, ref, state.lr, action))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c024
-SCHEDULES = ('fixed', 'uncertainty', 'replay', 'shuffled', 'step', 'cosine', 'plateau', 'schedulefree')
+SCHEDULES = ('fixed', 'cosine', 'plateau', 'step', 'uncertainty', 'replay', 'shuffled', 'schedulefree')  # seeds 0-4: uncertainty before its controls
 CONTROLS = ('replay', 'shuffled')  # arms built on the uncertainty arm's own decisions for the same task and seed
 SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
     fixed=dict(),
@@ -114,8 +114,7 @@ def make_scheduler(name:str, # one of `SCHEDULES`
 
 def matched_decay(lr_traces) -> float:
     "Step decay per window with the mean (geometric) decay per window of the median over seeds of `lr_traces` (LR / LR0 per window)."
-    med = np.median(np.asarray(lr_traces, dtype=float), axis=0)
-    return float(med[-1] ** (1 / len(med)))
+    return float(np.median(np.asarray(lr_traces, dtype=float), axis=0)[-1] ** (1 / len(lr_traces[0])))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
 def run_schedule(model, # the model to train (in place)
@@ -128,7 +127,8 @@ def run_schedule(model, # the model to train (in place)
     qs, sf = [q for q in model.parameters() if q.requires_grad], p['schedule'] == 'schedulefree'
     opt = schedule_free_adamw(qs, p['lr'], round(p['schedule_kw']['warmup_frac'] * p['steps'])) if sf else torch.optim.Adam(qs, lr=p['lr'])
     sched = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw'], p.get('decisions'), p.get('step_decay'))
-    val, mon, gpu = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score), WindowMean(lambda st: batch_entropy(st.logits), p['every']), GpuUtil(p['every'])
+    val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score)
+    mon, gpu = WindowMean(lambda st: batch_entropy(st.logits), p['every']), GpuUtil(p['every'])
     state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched, gpu], precision=p['precision'],
                   **(dict(loss_fn=loss_fn) if loss_fn else {}))
     train_s, decisions = state.train_s - val.eval_s, list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
