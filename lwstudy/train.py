@@ -16,9 +16,10 @@ from .measure import sync
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
-           'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer', 'train',
-           'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup', 'PlateauLR', 'ValTracker', 'predict',
-           'classification_scores', 'evaluate']
+           'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer',
+           'set_train_mode', 'eval_point', 'train', 'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup',
+           'PlateauLR', 'ReplayLR', 'StepDecay', 'schedule_free_adamw', 'WindowMean', 'GpuUtil', 'ValTracker',
+           'predict', 'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -153,6 +154,19 @@ def make_optimizer(params, # a module (its trainable parameters), parameters, or
     kw = dict(fused=True) if impl == 'fused' else dict(foreach=impl == 'foreach')
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kw)
 
+def set_train_mode(opt, train:bool):
+    "Switch an optimiser with a train/eval mode (schedule-free: evaluation at the averaged point) to `train`; others: no-op."
+    if opt is not None and 'train_mode' in opt.param_groups[0]: opt.train() if train else opt.eval()
+
+@contextlib.contextmanager
+def eval_point(opt):
+    "Evaluate inside: a train/eval-mode optimiser (schedule-free) in eval mode, put back in train mode after if it was."
+    was = bool(opt is not None and opt.param_groups[0].get('train_mode', False))
+    if was: set_train_mode(opt, False)
+    try: yield
+    finally:
+        if was: set_train_mode(opt, True)
+
 def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=classify_loss, callbacks=(),
           precision:str='fp32', # a policy or precision (see `resolve_precision`)
           device:str|None=None, progress:bool=False,
@@ -166,6 +180,7 @@ def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=
     state = TrainState(model, opt, precision=precision, scaler=torch.amp.GradScaler('cuda') if precision == 'fp16' else None,
                        threads=dict(intra_op=torch.get_num_threads(), inter_op=torch.get_num_interop_threads()))
     scaler = state.scaler
+    set_train_mode(opt, True)
     for cb in callbacks: cb.before_fit(state)
     t0 = time.perf_counter()
     bar = _bar(progress, total=max_steps or epochs * len(loader))
@@ -189,6 +204,7 @@ def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=
         if done(): break
     sync(device)
     state.train_s = time.perf_counter() - t0
+    set_train_mode(opt, False)  # schedule-free: the parameters now hold the evaluation point
     state.history
     for cb in callbacks: cb.after_fit(state)
     if bar: bar.close()
@@ -260,6 +276,52 @@ class PlateauLR(Scheduler):
                                                                 min_lr=state.lr * self.lr_min_frac)
     def eval_step(self, state, val_loss): self.sched.step(val_loss)
 
+class ReplayLR(Scheduler):
+    "Open loop: set the LR recorded for a step (`changes`: (step, lr) pairs, e.g. another run's decisions) after that step."
+    def __init__(self, changes): super().__init__(); self.changes = {int(s): float(lr) for s, lr in changes}
+    def step(self, state):
+        if state.step in self.changes: state.set_lr(self.changes[state.step])
+
+class StepDecay(Scheduler):
+    "Every `every` steps multiply the LR by `factor`, down to `lr_min_frac` x the initial LR."
+    def __init__(self, every:int, # steps between cuts
+                 factor:float, # LR multiplier per cut
+                 lr_min_frac:float=0.0, # the floor, a fraction of the initial LR
+                ): super().__init__(); self.every, self.factor, self.lr_min_frac = every, factor, lr_min_frac
+    def step(self, state):
+        if state.step % self.every == 0: state.set_lr(max(state.lr * self.factor, self.lr0 * self.lr_min_frac))
+
+# %% ../nbs/03_train.ipynb #c008x2
+def schedule_free_adamw(params, # parameters (or a module: its trainable ones)
+                        lr:float, # the base LR (schedule-free keeps it constant after its warm-up)
+                        warmup_steps:int=0, # its internal linear warm-up
+                        weight_decay:float=0.0, betas:tuple=(0.9, 0.999),
+                       ):
+    "`schedulefree.AdamWScheduleFree` (needs the `schedulefree` package); `train` handles its train/eval mode."
+    import schedulefree
+    if isinstance(params, torch.nn.Module): params = [p for p in params.parameters() if p.requires_grad]
+    return schedulefree.AdamWScheduleFree(params, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay, betas=betas)
+
+class WindowMean(Callback):
+    "Means of a per-step statistic `fn(state)` over windows of `every` steps: (last step, mean) rows in `trace`."
+    def __init__(self, fn, every:int): self.fn, self.every, self.buf, self.trace = fn, every, [], []
+    def after_step(self, state):
+        self.buf.append(self.fn(state))
+        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
+
+class GpuUtil(Callback):
+    "NVML GPU utilisation (%) sampled every `every` steps on CUDA; `summary` is the mean, or why there is none."
+    def __init__(self, every:int=10): self.every, self.samples, self.why = every, [], None
+    def before_fit(self, state):
+        if not str(current_device()).startswith('cuda'): self.why = 'not applicable (CPU run)'
+    def after_step(self, state):
+        if self.why is None and state.step % self.every == 0:
+            try: self.samples.append(float(torch.cuda.utilization()))
+            except Exception as e: self.why = f'unavailable ({type(e).__name__}: {str(e)[:60]})'
+    @property
+    def summary(self) -> float|str:
+        return float(np.mean(self.samples)) if self.samples and self.why is None else (self.why or 'no sample (too few steps)')
+
 # %% ../nbs/03_train.ipynb #c008z
 class ValTracker(Callback):
     "Validation score every `eval_every` steps; first step reaching `target`; eval time kept apart."
@@ -274,7 +336,8 @@ class ValTracker(Callback):
         self.score, self.curve, self.hit, self.eval_s = score, [], None, 0.0  # eval_s: validation time inside the training loop
     def _eval(self, state, in_loop=True):
         t0 = time.perf_counter()
-        s = self.evaluate_fn(state.model); state.model.train()
+        with eval_point(state.opt): s = self.evaluate_fn(state.model)
+        state.model.train()
         if in_loop: self.eval_s += time.perf_counter() - t0
         self.curve.append((state.step, s[self.score], s['loss']))
         if self.hit is None and s[self.score] >= self.target: self.hit = state.step

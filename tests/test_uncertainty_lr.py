@@ -11,7 +11,7 @@ from lwstudy.techniques import uncertainty_lr as ulr
 def test_smoke_run_to_report(home):
     from lwstudy.study import experiment
     res = experiment('uncertainty_lr', 'smoke', 2, progress=False)
-    assert res.computed == 8
+    assert res.computed == 2 * len(ulr.SCHEDULES)
     t = res.table
     assert set(t.arm) == set(ulr.SCHEDULES) and set(t.seed) == {0, 1}
     fixed_lr = t[(t.metric == 'cifar10_final_lr') & (t.arm == 'fixed')].value
@@ -31,10 +31,18 @@ def test_smoke_run_to_report(home):
     raises = t[(t.metric == 'cifar10_rule_raises') & (t.arm == 'uncertainty')].value
     assert (t[(t.metric == 'cifar10_rule_cuts') & (t.arm == 'uncertainty')].value > 0).all()
     if (raises == 0).any():
-        for c in ('cifar10-faster', 'cifar10-generalise', 'cifar10-vs-cosine'):
+        for c in ('cifar10-faster', 'cifar10-generalise', 'cifar10-vs-replay', 'cifar10-vs-cosine'):
             assert ct.loc[c, 'verdict'] == 'uninformative' and not ct.loc[c, 'gate_passed'], c
             assert 'recovered' in ct.loc[c, 'gate']
-    assert set(ct[ct.family == 'primary'].index) == {'cifar10-overhead', 'cifar10-faster', 'cifar10-generalise'}
+    assert set(ct[ct.family == 'primary'].index) == {'cifar10-faster', 'cifar10-generalise', 'cifar10-vs-replay'}
+    # the controls: replay's LR trace is the uncertainty arm's (same seed), shuffled has its decision counts
+    by = {(r['arm'], r['seed']): r for r in Store().records('uncertainty_lr', 'smoke')}
+    for s in (0, 1):
+        u, rep, sh = by[('uncertainty', s)], by[('replay', s)], by[('shuffled', s)]
+        for task in ('cifar10', 'imdb'):
+            assert rep['series'][f'{task}_lr_trace'] == u['series'][f'{task}_lr_trace'], (task, s)
+            assert sh['info'][f'{task}_rule_actions'] == u['info'][f'{task}_rule_actions'], (task, s)
+            if str(ulr.current_device()) == 'cpu': assert by[('schedulefree', s)]['info'][f'{task}_gpu_util'].startswith('not applicable')
     page = res.report.read_text()
     assert 'LR and entropy traces' in page and 'Validation curves' in page and page.count('data:image/png') >= 3
     assert 'Uncertainty rule decisions' in page and page.count('<td>cut ') == 4  # 2 seeds x 2 tasks
@@ -65,6 +73,8 @@ def test_quick_sizes_scale_to_the_standin(home, no_mirror):
     from lwstudy.runner import part_params
     p = part_params(ulr.spec('quick').arms['fixed'], 'cifar10')
     have = data.available_rows('cifar10', 'train', 'quick')
+    assert ulr.run_settings(p, 'cifar10', 'test', 'quick')['n_train'] == min(p['n_train'], have)  # v4's 512 + 256 fit the stand-in
+    p = dict(p, n_train=2048)  # version 3's size: more than the stand-in has
     assert have < p['n_train'] + p['n_val']
     data.sources_used(reset=True)
     q = ulr.run_settings(p, 'cifar10', 'test', 'quick')

@@ -11,17 +11,18 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 from ..core import PROFILES, BadInput, check_choice, current_device, disk_cached
-from ..data import image_tensors, load, scale_to_available, take
+from ..data import data_dir, image_tensors, load, scale_to_available, take
 from ..models import bert_tokenizer, count_params, from_config_or_pretrained, pretrained_path, resnet18
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..text import FrozenLowerClassifier, TopClassifier, lower_states, qa_loss, squad_features, squad_frames, squad_scores, text_forward, text_loss
-from ..train import Callback, CosineWarmup, FixedLR, PlateauLR, Scheduler, ValTracker, evaluate, make_loader, resolve_precision, train
+from ..train import (CosineWarmup, FixedLR, GpuUtil, PlateauLR, ReplayLR, Scheduler, StepDecay, ValTracker, WindowMean, evaluate,
+                           make_loader, resolve_precision, schedule_free_adamw, train)
 
 # %% auto #0
-__all__ = ['RULE', 'SCHEDULES', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS', 'OVERHEAD_MAX',
-           'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'EntropyMonitor',
-           'make_scheduler', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
-           'fit', 'rule_gate', 'spec', 'sections']
+__all__ = ['RULE', 'SCHEDULES', 'CONTROLS', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
+           'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'make_scheduler',
+           'matched_decay', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
+           'rule_decisions', 'fit', 'rule_gate', 'spec', 'sections']
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c005
 def batch_entropy(logits:torch.Tensor, # (..., K) logits; the entropy is over the last dimension
@@ -49,12 +50,13 @@ class UncertaintyLR(Scheduler):
                  lr_min_frac:float=RULE['lr_min_frac'], # floor as a fraction of the initial LR
                  recover:bool=True, # raise the LR (up to the initial one) when confidence rises beyond the CI
                  entropy_fn=batch_entropy, # logits -> normalised entropy
+                 signal=None, # (u, half_width) per window to decide on instead of the run's own (the shuffled-signal control)
                 ):
         super().__init__()
         check_choice('mode', mode, ('adaptive', 'absolute'))
         if not 0 < factor < 1: raise BadInput(f'factor must lie in (0, 1), got {factor!r}; allowed: a number strictly between 0 and 1')
         self.every, self.factor, self.mode, self.threshold, self.beta = every, factor, mode, threshold, beta
-        self.lr_min_frac, self.recover, self.entropy_fn = lr_min_frac, recover, entropy_fn
+        self.lr_min_frac, self.recover, self.entropy_fn, self.signal = lr_min_frac, recover, entropy_fn, signal
         self.window, self.ref, self.trace = [], None, []  # trace: (step, u, half_width, threshold_used, lr_after, action)
 
     def start(self, state): self.lr_max, self.lr_min = state.lr, state.lr * self.lr_min_frac
@@ -67,6 +69,7 @@ class UncertaintyLR(Scheduler):
         u, n = float(np.mean(self.window)), len(self.window)
         half = float(sps.t.ppf(0.975, n - 1) * np.std(self.window, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
         self.window = []
+        if self.signal is not None: u, half = self.signal[len(self.trace) % len(self.signal)]
         ref = self.threshold if self.mode == 'absolute' else self.ref
         lr, action = state.lr, 'init'
         if ref is not None:
@@ -77,63 +80,68 @@ class UncertaintyLR(Scheduler):
         if self.mode == 'adaptive': self.ref = u if self.ref is None else self.beta * self.ref + (1 - self.beta) * u
         self.trace.append((state.step, u, half, ref, state.lr, action))
 
-class EntropyMonitor(Callback):
-    "Window means of the normalised training entropy, recorded in every arm for the trace plots (not counted as overhead)."
-    def __init__(self, every:int): self.every, self.buf, self.trace = every, [], []
-    def after_step(self, state):
-        self.buf.append(batch_entropy(state.logits))
-        if len(self.buf) == self.every: self.trace.append((state.step, float(np.mean(self.buf)))); self.buf = []
-
 # %% ../../nbs/50_uncertainty_lr.ipynb #c024
-SCHEDULES = ('fixed', 'uncertainty', 'cosine', 'plateau')
+SCHEDULES = ('fixed', 'cosine', 'plateau', 'step', 'uncertainty', 'replay', 'shuffled', 'schedulefree')  # seeds 0-4: uncertainty before its controls
+CONTROLS = ('replay', 'shuffled')  # arms built on the uncertainty arm's own decisions for the same task and seed
 SCHEDULE_KW = dict(  # each arm's settings; they are in the arm's params, so changing one recomputes that arm
     fixed=dict(),
     uncertainty=RULE,
+    replay=dict(rule=RULE, # open loop: the uncertainty arm's LR at each of its decision steps, same seed, same initialisation,
+                order_offset=10**6), # data order from seed + this (the same order would replay the run bit for bit)
+    shuffled=RULE,  # the rule on a permutation (rng(seed)) of the uncertainty run's windows (mean entropy, CI half-width)
+    step=dict(lr_min_frac=RULE['lr_min_frac']), # x `step_decay` (per task, TABLES) every window: the rule's median decay
     cosine=dict(warmup_frac=0.1, # linear warmup over the first 10% of the steps
                 lr_min_frac=0.0), # decays to 0
     plateau=dict(factor=0.5, patience=1, # torch ReduceLROnPlateau: halve after 1 validation pass without improvement
-                 lr_min_frac=0.01))
+                 lr_min_frac=0.01),
+    schedulefree=dict(warmup_frac=0.1)) # schedule-free AdamW (weight decay 0, as Adam) with its own warm-up over 10% of the steps
 
 def make_scheduler(name:str, # one of `SCHEDULES`
-                   total_steps:int, # the training budget (cosine's length)
-                   every:int, # the uncertainty rule's window (steps)
+                   total_steps:int, every:int, # the budget (cosine's length); the uncertainty rule's window (steps)
                    kw:dict|None=None, # the schedule's settings; default `SCHEDULE_KW[name]`
+                   decisions=None, step_decay:float|None=None, # replay/shuffled: the rule's (permuted) decisions; step: LR factor/window
                   ) -> Scheduler:
     "One of `SCHEDULES` (`train`'s schedules and `UncertaintyLR`), configured by `kw` (the experiment's: `SCHEDULE_KW`)."
     check_choice('schedule', name, SCHEDULES)
     kw = SCHEDULE_KW[name] if kw is None else kw
-    if name == 'fixed': return FixedLR()
+    if name in ('fixed', 'schedulefree'): return FixedLR()  # schedule-free: the optimiser does it
     if name == 'uncertainty': return UncertaintyLR(every=every, **kw)
+    if name == 'replay': return ReplayLR([(d[0], d[4]) for d in decisions])
+    if name == 'shuffled': return UncertaintyLR(every=every, **kw, signal=[(d[1], d[2]) for d in decisions])
+    if name == 'step': return StepDecay(every, step_decay, **kw)
     if name == 'cosine': return CosineWarmup(total_steps, **kw)
     return PlateauLR(**kw)
+
+def matched_decay(lr_traces) -> float:
+    "Step decay per window with the mean (geometric) decay per window of the median over seeds of `lr_traces` (LR / LR0 per window)."
+    return float(np.median(np.asarray(lr_traces, dtype=float), axis=0)[-1] ** (1 / len(lr_traces[0])))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c026
 def run_schedule(model, # the model to train (in place)
                  loader, # training batches
-                 p:dict, # the part's params: schedule, schedule_kw, lr (initial/peak), steps, every, eval_every, target, precision
+                 p:dict, # the part's params: schedule, schedule_kw, lr, steps, every, eval_every, target, precision (+ decisions, step_decay)
                  evaluate_fn, # model -> dict with the `score` entry and 'loss' on the validation slice
-                 loss_fn=None, # (model, batch) -> (loss, logits); default: classification on (x, y)
-                 score:str='accuracy', # the entry of `evaluate_fn`'s dict compared with `p['target']`
+                 loss_fn=None, score:str='accuracy', # (model, batch) -> (loss, logits), default classification; `evaluate_fn`'s score
                 ) -> dict:
     "Train `model` with Adam under `p['schedule']` for `p['steps']` steps; metrics and traces."
-    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p['lr'])
-    sched, mon = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw']), EntropyMonitor(p['every'])
+    qs, sf = [q for q in model.parameters() if q.requires_grad], p['schedule'] == 'schedulefree'
+    opt = schedule_free_adamw(qs, p['lr'], round(p['schedule_kw']['warmup_frac'] * p['steps'])) if sf else torch.optim.Adam(qs, lr=p['lr'])
+    sched = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw'], p.get('decisions'), p.get('step_decay'))
     val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score)
-    kw = dict(loss_fn=loss_fn) if loss_fn else {}
-    state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched], precision=p['precision'], **kw)
-    train_s = state.train_s - val.eval_s
-    decisions = list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
+    mon, gpu = WindowMean(lambda st: batch_entropy(st.logits), p['every']), GpuUtil(p['every'])
+    state = train(model, loader, opt, epochs=10**6, max_steps=p['steps'], callbacks=[val, mon, sched, gpu], precision=p['precision'],
+                  **(dict(loss_fn=loss_fn) if loss_fn else {}))
+    train_s, decisions = state.train_s - val.eval_s, list(getattr(sched, 'trace', [])); acts = Counter(d[-1] for d in decisions)
     return dict(steps_to_target=val.steps_to_target, reached=float(val.hit is not None), train_time_s=train_s,
                 sched_overhead_frac=sched.overhead_s / train_s,
                 lr_trace=sched.lr_trace[::max(1, p['every'] // 2)], entropy_trace=mon.trace, val_curve=val.curve,
-                decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step,
+                decisions=decisions, rule_cuts=acts['down'], rule_raises=acts['up'], final_lr=state.lr, steps=state.step, gpu_util=gpu.summary,
                 rule_actions=(f"cut {acts['down']}, hold {acts['hold']}, raise {acts['up']} of {len(decisions)} windows"
                               if decisions else 'no uncertainty rule in this arm'))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c028
 def run_settings(p:dict, # a part's params (see `task_params`)
-                 name:str|None, # the dataset the task reads (None: no scaling)
-                 test_split:str|None, # its held-out split
+                 name:str|None, test_split:str|None, # the dataset the task reads (None: no scaling) and its held-out split
                  profile:str, # the run's profile (selects the data source)
                 ) -> dict:
     "`p` as this run uses it: sizes scaled to the rows the resolved source has, precision and batch size resolved for the device."
@@ -149,9 +157,7 @@ def run_settings(p:dict, # a part's params (see `task_params`)
                  **{k: max(2, round(q[k] * f)) for k in ('n_val', 'n_test') if q[k]})
     return q
 
-def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
-               seed:int, # initialisation and data order
-               profile:str, # the run's profile
+def cifar_task(p:dict, seed:int, profile:str, # `part_params(arm, 'cifar10')`; initialisation and data order; the run's profile
               ) -> dict:
     "Train ResNet-18 (width `p['width']`) on CIFAR-10 under `p['schedule']`; test accuracy/F1 and the run's traces."
     p = run_settings(p, 'cifar10', 'test', profile)
@@ -160,7 +166,7 @@ def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
     xt, yt = image_tensors('cifar10', 'test', profile, n=p['n_test'])
     torch.manual_seed(seed)
     model = resnet18(n_classes=10, width=p['width']).to(current_device())
-    out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), p,
+    out = run_schedule(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed + p['schedule_kw'].get('order_offset', 0)), p,
                        functools.partial(evaluate, loader=make_loader(xv, yv, batch_size=512, shuffle=False), precision=p['precision']))
     s = evaluate(model, make_loader(xt, yt, batch_size=512, shuffle=False), precision=p['precision'])
     return dict(out, test_accuracy=s['accuracy'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p)
@@ -168,8 +174,7 @@ def cifar_task(p:dict, # the part's params: `part_params(arm, 'cifar10')`
 # %% ../../nbs/50_uncertainty_lr.ipynb #c032
 def _random_ok(name:str, profile:str) -> bool:
     "Whether this run builds `name` with random weights (`dryrun` only, when its pretrained weights are unavailable offline)."
-    if profile != 'dryrun': return False
-    try: pretrained_path(name); return False
+    try: return profile == 'dryrun' and not pretrained_path(name)
     except BadInput: return True
 
 @functools.cache
@@ -189,9 +194,7 @@ def _text_features(name, split, profile, n, model_name, max_len, n_frozen, cache
     key = dict(dataset=name, split=split, source=source, n=n, seed=0, model=model_name, max_len=max_len, n_frozen=n_frozen, cache_lower=cache_lower)
     return compute() if rnd else disk_cached('uncertainty_lr', key, compute, tag=f'{name}_{split}')
 
-def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
-              seed:int, # initialisation and data order
-              profile:str, # the run's profile
+def imdb_task(p:dict, seed:int, profile:str, # `part_params(arm, 'imdb')`; initialisation and data order; the run's profile
              ) -> dict:
     "Fine-tune the top of a BERT-family encoder on IMDB under `p['schedule']`; test accuracy, F1, AUC and traces."
     p = run_settings(p, 'imdb', 'test', profile)
@@ -205,7 +208,7 @@ def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
     cls = TopClassifier if p['cache_lower'] else FrozenLowerClassifier
     enc, weights = _encoder(p['model'], rnd, profile) if p['cache_lower'] else from_config_or_pretrained(p['model'], profile)
     model = cls(enc, p['n_frozen']).to(current_device())
-    ld = lambda *t, shuffle=False, bs=256: make_loader(*t, batch_size=bs, shuffle=shuffle, seed=seed)
+    ld = lambda *t, shuffle=False, bs=256: make_loader(*t, batch_size=bs, shuffle=shuffle, seed=seed + p['schedule_kw'].get('order_offset', 0))
     out = run_schedule(model, ld(h[tr], m[tr], y[tr], shuffle=True, bs=p['batch_size']), p,
                        functools.partial(evaluate, loader=ld(h[va], m[va], y[va]), forward=text_forward, precision=p['precision']), text_loss)
     s = evaluate(model, ld(ht, mt, yt), forward=text_forward, precision=p['precision'])
@@ -213,9 +216,7 @@ def imdb_task(p:dict, # the part's params: `part_params(arm, 'imdb')`
                 params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c036
-def squad_task(p:dict, # the part's params: `part_params(arm, 'squad_v2')`
-               seed:int, # initialisation and data order
-               profile:str, # the run's profile
+def squad_task(p:dict, seed:int, profile:str, # `part_params(arm, 'squad_v2')`; initialisation and data order; the run's profile
                frames=None, # (train, val, test) question frames, for checks; default `text.squad_frames` of the part's sizes
               ) -> dict:
     "Fine-tune an extractive QA model on SQuAD v2 under `p['schedule']`; dev EM and F1."
@@ -229,7 +230,7 @@ def squad_task(p:dict, # the part's params: `part_params(arm, 'squad_v2')`
     def val_fn(m):
         s = squad_scores(m, fva, frames[1]); return dict(f1=s['f1'], loss=-s['f1'])
     cols = ('input_ids', 'attention_mask', 'token_type_ids', 'start', 'end')
-    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed), p, val_fn, qa_loss, score='f1')
+    out = run_schedule(model, make_loader(*(ftr[c] for c in cols), batch_size=p['batch_size'], seed=seed + p['schedule_kw'].get('order_offset', 0)), p, val_fn, qa_loss, score='f1')
     s = squad_scores(model, fte, frames[2])
     return dict(out, test_em=s['em'], test_f1=s['f1'], params_count=count_params(model, trainable_only=True), used=p, weights=weights)
 
@@ -241,7 +242,7 @@ def _by_profile(profiles=PROFILES, **settings) -> dict:
 TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), or one value for all; dryrun = full's shapes, 2 steps
     cifar10=_by_profile(
         width=(8, 16, 64, 64),                       # ResNet-18 first-stage channels (the plan: 64; narrowed for CPU cells)
-        n_train=(256, 2048, 45000, 64),              # training images, a fixed slice of the train split
+        n_train=(256, 512, 45000, 64),               # training images, a fixed slice of the train split (quick: 12 epochs, v4)
         n_val=(128, 256, 5000, 32),                  # validation images, from the train split, disjoint from the training slice
         n_test=(256, 1000, 10000, 32),               # test images, from the test split
         batch_size=(32, 64, 32, 32),                 # images per step
@@ -249,7 +250,8 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         steps=(24, 96, 50 * 1407, 2),                # the budget, steps (full: the plan's 50 epochs)
         every=(4, 10, 10, 2),                        # steps per uncertainty-rule window (the plan: 10)
         eval_every=(8, 16, 1407, 2),                 # steps between validation passes (full: one epoch)
-        target=(0.2, 0.33, 0.85, 0.85)),             # validation accuracy defining steps to target (quick: fixed-LR pilot)
+        target=(0.2, 0.27, 0.85, 0.85),              # validation accuracy defining steps to target (quick: fixed-LR pilot)
+        step_decay=(0.9, 1.0, 0.9, 0.9)),            # `step`'s LR per window: matched_decay of a pilot (full/dryrun: the rule's factor)
     imdb=_by_profile(
         model=('minilm', 'minilm', 'bert-base', 'bert-base'),  # smoke/quick: MiniLM-L6, the encoder shipped offline (the plan: BERT-base)
         n_frozen=(5, 5, 0, 0),                       # lower layers frozen (MiniLM: 5 of 6; BERT-base: embeddings only)
@@ -263,11 +265,11 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         steps=(16, 96, 50 * 704, 2),                 # the budget, steps (full: 50 epochs)
         every=(4, 10, 10, 2),                        # steps per rule window
         eval_every=(8, 16, 704, 2),                  # steps between validation passes
-        target=(0.55, 0.7, 0.9, 0.9)),               # validation accuracy defining steps to target (quick: fixed-LR pilot)
+        target=(0.55, 0.7, 0.9, 0.9),                # validation accuracy defining steps to target (quick: fixed-LR pilot)
+        step_decay=(0.9, 0.9, 0.9, 0.9)),            # `step`'s LR per window: matched_decay of a pilot (full/dryrun: the rule's factor)
     squad_v2=_by_profile(('full', 'dryrun'),         # full and dryrun only: the mirror has 1,124 dev questions, no train split
         model='bert-large',                          # the plan's
-        max_len=384,                                 # tokens per window
-        stride=128,                                  # overlap of consecutive windows, tokens
+        max_len=384, stride=128,                     # tokens per window, overlap of consecutive windows
         train_split=('train', 'validation'),         # dryrun: train/validation/test are disjoint slices of the dev split
         n_train=(125000, 64),                        # training questions
         n_val=(5000, 32),                            # validation questions (disjoint from the training ones)
@@ -275,9 +277,9 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         batch_size=32,                               # windows per step
         lr=3e-5,                                     # Adam's initial LR, every arm
         steps=(2 * 4063, 2),                         # the budget, steps (full: 2 epochs)
-        every=(10, 2),                               # steps per rule window
-        eval_every=(1000, 2),                        # steps between validation passes
-        target=0.7))                                 # validation F1 defining steps to target (a round guess)
+        every=(10, 2), eval_every=(1000, 2),         # steps per rule window, between validation passes
+        target=0.7,                                  # validation F1 defining steps to target (a round guess)
+        step_decay=0.9))                             # the rule's factor (no pilot)
 PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
 CPU_BATCH = dict(imdb=1, squad_v2=1)  # dryrun on the CPU: the BERT tasks' batch (slices shrink with it), so steps take seconds
 
@@ -291,16 +293,29 @@ TASKS = dict(cifar10=cifar_task, imdb=imdb_task, squad_v2=squad_task)
 TASK_METRICS = dict(cifar10=('test_accuracy', 'test_f1'), imdb=('test_accuracy', 'test_f1', 'test_auc'), squad_v2=('test_em', 'test_f1'))
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c042
-def fit(params:dict, # an arm: dict(schedule=..., schedule_kw=..., parts=task_params(profile))
-        seed:int, # the cell's seed (initialisation and data order of every task)
-        profile:str, # the run's profile (selects data sources and weights)
+def rule_decisions(task:str, params:dict, seed:int, profile:str, # the cell (any arm's params: the uncertainty arm's are derived)
+                   decisions:list|None=None, # the uncertainty cell's own trace, to store (default: read, or recompute it)
+                  ) -> list:
+    "The uncertainty arm's decision trace for `task` and `seed`, on disk: stored by its cell, else recomputed (training is deterministic)."
+    p = part_params(dict(params, schedule='uncertainty', schedule_kw=SCHEDULE_KW['uncertainty']), task)
+    key = dict(p, seed=seed, profile=profile, device=str(current_device()), threads=torch.get_num_threads(), data=str(data_dir()))
+    run = lambda: decisions if decisions is not None else TASKS[task](p, seed, profile)['decisions']
+    return disk_cached('uncertainty_lr', key, lambda: [list(d) for d in run()], tag=f'rule_{task}_seed{seed}')
+
+def fit(params:dict, seed:int, profile:str, # an arm (schedule, schedule_kw, parts); initialisation and data order; the profile
        ) -> dict:
     "One (schedule, seed) cell: every task in `params['parts']` trained under `params['schedule']`, metrics prefixed by the task."
-    out = {}
-    keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises', 'rule_actions')
+    out, sch = {}, params['schedule']
+    keep = ('steps_to_target', 'reached', 'train_time_s', 'sched_overhead_frac', 'final_lr', 'rule_cuts', 'rule_raises', 'rule_actions', 'gpu_util')
     series = ('lr_trace', 'entropy_trace', 'val_curve', 'decisions')
     for task in params['parts']:
-        r = TASKS[task](part_params(params, task), seed, profile); u = r['used']
+        p = part_params(params, task)
+        if sch in CONTROLS:
+            dec = rule_decisions(task, params, seed, profile)
+            p['decisions'] = [dec[i] for i in np.random.default_rng(seed).permutation(len(dec))] if sch == 'shuffled' else dec
+        r = TASKS[task](p, seed, profile); u = r['used']
+        if sch == 'uncertainty': rule_decisions(task, params, seed, profile, r['decisions'])  # for its controls
+        if not isinstance(r['gpu_util'], str): r['gpu_util'] = f"{r['gpu_util']:.0f}% mean GPU utilisation (NVML, every {u['every']} steps)"
         out.update({f'{task}_{k}': r[k] for k in keep + TASK_METRICS[task] + series})
         out[f'{task}_precision'] = u['precision']
         out[f'{task}_note'] = (f"{r['steps']} steps of batch {u['batch_size']}, {u['n_train']} train / {u['n_val']} validation / "
@@ -314,12 +329,13 @@ CHANCE = dict(cifar10=0.10, # 10 balanced classes
               imdb=0.50, # 2 balanced classes
               squad_v2=0.50) # exact match of always answering "no answer" on the SQuAD v2 dev set (5,945 of 11,873 unanswerable)
 LEARN_MARGIN = 0.05  # the fixed-LR baseline must beat chance by this much for a quality claim to be informative
-PRIMARY_TASK = 'cifar10'  # the plan's first task and model (ResNet-18); its three hypotheses are the primary claims
+PRIMARY_TASK = 'cifar10'  # the plan's first task and model (ResNet-18): its faster, generalise and vs-replay claims are primary
 
 def _quality(task:str) -> str: return f'{task}_test_accuracy' if task != 'squad_v2' else f'{task}_test_em'
 
 def _metrics(task:str) -> list:
-    m = [Metric(f'{task}_steps_to_target', False, 'steps', doc='first validation pass at or above the target; a miss = budget + 1 (censored)'),
+    m = [Metric(f'{task}_steps_to_target', False, 'steps', doc='first validation pass at or above the target; a miss = budget + 1: its mean over '
+                  'seeds is the restricted mean time to target (all censoring is at the budget), compared paired by seed'),
          Metric(f'{task}_reached', True, doc='1 if the target was reached within the budget'),
          Metric(_quality(task), True, doc='on the held-out test slice'),
          Metric(f'{task}_test_f1', True, doc='macro F1' if task != 'squad_v2' else 'SQuAD v2 token F1')]
@@ -327,14 +343,13 @@ def _metrics(task:str) -> list:
     return m + [Metric(f'{task}_train_time_s', False, 's', 'ratio', 'training loop wall time, validation passes excluded'),
                 Metric(f'{task}_sched_overhead_frac', False, doc="the schedule's own time / training time", timing=True),
                 Metric(f'{task}_final_lr', False, doc='LR at the end of training')] + [
-                Metric(f'{task}_rule_{a}s', True, 'windows', doc=f'windows where the uncertainty rule {d} (0 in the other arms)')
+                Metric(f'{task}_rule_{a}s', True, 'windows', doc=f'windows where the uncertainty rule {d} (shuffled: the same count; 0 elsewhere)')
                 for a, d in (('cut', 'cut the LR'), ('raise', 'raised the LR back'))]
 
 def _reached_gate(task:str) -> Gate:
     "Gate: the fixed LR or the uncertainty arm reached the target in at least one seed (else every steps-to-target is censored)."
     def check(table, records):
-        t = table[(table.metric == f'{task}_reached') & table.arm.isin(['fixed', 'uncertainty'])]
-        n = t.groupby('arm').value.sum().reindex(['fixed', 'uncertainty']).fillna(0)
+        n = table[(table.metric == f'{task}_reached')].groupby('arm').value.sum().reindex(['fixed', 'uncertainty']).fillna(0)
         return bool((n > 0).any()), f"seeds reaching the target: fixed {int(n['fixed'])}, uncertainty {int(n['uncertainty'])}"
     return Gate('the fixed LR or the uncertainty schedule reached the target in at least one seed', check)
 
@@ -346,21 +361,25 @@ def rule_gate(task:str) -> Gate:
                     gate_mean(q, 'fixed', '>', chance + LEARN_MARGIN, f"the fixed-LR baseline's mean {q} beats chance ({chance:g}) by {LEARN_MARGIN:g}"))
 
 def _claims(task:str) -> list:
-    acc, what, acted = _quality(task), 'accuracy' if task != 'squad_v2' else 'exact match', rule_gate(task)
-    fam = 'primary' if task == PRIMARY_TASK else 'exploratory'
+    acc, what, acted, prim = _quality(task), 'accuracy' if task != 'squad_v2' else 'exact match', rule_gate(task), task == PRIMARY_TASK
+    fam = 'primary' if prim else 'exploratory'
     better = lambda vs: f'{task}: the uncertainty schedule gives higher test {what} than {vs}'
     return [Claim(f'{task}-overhead', f'{task}: the uncertainty scheduler costs under {OVERHEAD_MAX:.0%} of training time',
-                  f'{task}_sched_overhead_frac', 'uncertainty', OVERHEAD_MAX, '<', 'value', source='study plan (minimal overhead)', family=fam),
-            Claim(f'{task}-faster', f'{task}: the uncertainty schedule reaches the target in fewer steps than the fixed LR',
+                  f'{task}_sched_overhead_frac', 'uncertainty', OVERHEAD_MAX, '<', 'value', source='study plan (minimal overhead)'),
+            Claim(f'{task}-faster', f'{task}: the uncertainty schedule reaches the target in fewer steps than the fixed LR (restricted mean)',
                   f'{task}_steps_to_target', 'uncertainty', 0.0, '<', family=fam, gate=gate_all(acted, _reached_gate(task))),
             Claim(f'{task}-generalise', better('the fixed LR'), acc, 'uncertainty', 0.0, '>', family=fam, gate=acted),
-            Claim(f'{task}-vs-cosine', better('cosine with warmup'), acc, 'uncertainty', 0.0, '>', vs='cosine',
-                  source="lwstudy (a practitioner's alternative)", gate=acted)]
+            Claim(f'{task}-vs-replay', better('its own LR trajectory replayed open loop (the signal, not the shape)'), acc, 'uncertainty',
+                  0.0, '>', vs='replay', source='issue 20 (isolates the signal)', family=fam, gate=acted)] + [
+            Claim(f'{task}-vs-{vs}', better(d), acc, 'uncertainty', 0.0, '>', vs=vs, source=src, gate=acted) for vs, d, src in (
+                ('shuffled', 'the rule on a shuffled entropy signal', 'issue 20 (isolates the signal)'),
+                ('step', 'a step decay matched to its median decay', 'issue 20 (the shape alone)'),
+                ('cosine', 'cosine with warmup', "lwstudy (a practitioner's alternative)"),
+                ('schedulefree', 'schedule-free AdamW', 'issue 20 (a modern reference)'))]
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c045
-def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
-        ) -> Spec:
-    "The experiment: four LR schedules, paired by seed, on every task of the profile."
+def spec(profile:str='quick') -> Spec:
+    "The experiment: eight LR schedules, paired by seed, on every task of `profile` (it sets the sizes)."
     tasks = task_params(profile)
     arms = {s: dict(schedule=s, schedule_kw=SCHEDULE_KW[s], precision=PRECISION, parts=tasks) for s in SCHEDULES}
     u, cos, pl = SCHEDULE_KW['uncertainty'], SCHEDULE_KW['cosine'], SCHEDULE_KW['plateau']
@@ -368,71 +387,54 @@ def spec(profile:str='quick', # one of PROFILES: sets every task's sizes
     if 'squad_v2' in tasks: datasets += [('squad_v2', s, None) for s in sorted({tasks['squad_v2']['train_split'], 'validation'})]
     c, i, q, lrs = tasks['cifar10'], tasks['imdb'], TABLES['squad_v2']['full'], ', '.join(f"{t} {p['lr']}" for t, p in tasks.items())
     notes = [
-        f"Adam in every arm from the same initial/peak LR per task ({lrs}); "
-        "the plan's 0.01 is far above what Adam fine-tuning of a pretrained Transformer tolerates.",
-        f"cifar10: ResNet-18 (CIFAR stem), width {c['width']} (the plan: 64); {c['n_train']} train / {c['n_val']} validation images (disjoint, "
-        f"both from the train split), {c['n_test']} test images; batch {c['batch_size']}, {c['steps']} steps, no augmentation.",
-        f"imdb: {i['model']} (the plan: BERT-base), reviews cut to {i['max_len']} tokens, the lower {i['n_frozen']} layers frozen (outputs "
-        f"computed once), the top layers and a linear head on mean-pooled tokens trained; {i['n_train']} train / {i['n_val']} validation "
-        f"reviews (train split), {i['n_test']} test reviews; batch {i['batch_size']}, {i['steps']} steps.",
-        {'full': f"squad_v2: {q['model']}, windows of {q['max_len']} tokens with stride {q['stride']}; the train split comes from the Hub.",
-         'dryrun': "dryrun: full's models, sequence lengths, precision policy and code path (squad_v2/BERT-large included) on a few batches "
-                   "and 2 steps (one rule decision, one validation pass); BERT-base/large get random weights when the Hub is unreachable "
-                   "(minilm's tokenizer: the same vocabulary); squad_v2's train/validation/test are disjoint slices of the dev split; on "
-                   f"the CPU the BERT tasks use batch {i.get('cpu_batch')}, not {i['batch_size']}. It checks that the path runs, not results."
-         }.get(profile, f"squad_v2 ({q['model']}) runs in 'full' only: the mirror holds 1,124 dev questions and no train split."),
-        "Sizes the resolved data cannot serve (the embedded stand-ins: 1,437 digits images for cifar10's train split) are scaled down "
-        "proportionally at run time (data.scale_to_available; see the data section); each cell's note gives its sizes, batch and precision.",
-        f"Uncertainty rule (the plan's, made precise): every {c['every']} steps, the window's mean softmax entropy of the training batches "
-        f"/ log K vs. a fixed threshold {u['threshold']} (half the maximum; set before any run, every task, not tuned); above: LR x "
-        f"{u['factor']}; below by more than the window's 95% CI half-width: LR / {u['factor']} (recovery); else held; bounded to "
-        f"[{u['lr_min_frac']}, 1] x the initial LR, so entropy stuck above the threshold decays the LR geometrically to the floor.",
-        "Finding (spec version 1): an adaptive threshold (EMA, beta 0.8, of past windows) never fired in quick (5 seeds): entropy fell "
-        "almost monotonically, the LR never moved, the arm was bit-identical to the fixed LR (every quality difference exactly 0). It "
-        "stays in the code (mode='adaptive', tested); the arm is the fixed threshold since version 2; version 1 results are not mixed in.",
-        f"In quick the fixed-LR entropy (version 1, fp32, pilot traces 2026-11-24) stayed above {u['threshold']} of log K all budget in every "
-        f"seed, so the rule should cut at every window: a stepwise decay to {u['factor']}^{c['steps'] // c['every']} = "
-        f"{u['factor'] ** (c['steps'] // c['every']):.2f} x LR0; raises need entropy below half the maximum, which short runs may not reach.",
-        "Gates (version 3, stated with each claim): a rule that only cuts is a step decay, not the signal at work ('uninformative'). "
-        f"Primary: the plan's three hypotheses (converges faster, generalises better, minimal overhead) on {PRIMARY_TASK}; the rest exploratory.",
-        f"Precision '{PRECISION}' (train.resolve_precision, per cell and device, in its note): bf16 autocast on CUDA and on CPUs with native bf16, "
-        "else fp32, every arm alike. Until version 2 smoke/quick used bf16 and full fp32; the quick targets (fp32 pilot) were not re-tuned.",
-        f"Cosine: linear warmup over {cos['warmup_frac']:.0%} of the steps, then cosine decay to {cos['lr_min_frac']:g} x LR. Plateau: torch "
-        f"ReduceLROnPlateau on the validation loss (factor {pl['factor']}, patience {pl['patience']} pass, floor {pl['lr_min_frac']} x LR), "
-        "on the passes every arm runs for steps to target (outside this study, its overhead).",
-        f"Steps to target: validation accuracy (cifar10 >= {c['target']}, imdb >= {i['target']}) every {c['eval_every']} / {i['eval_every']} "
-        "steps; targets fixed from a fixed-LR pilot (seed 100, mean validation score over the budget's second half) before any treatment "
-        "ran. A miss is censored at budget + 1 (reached = 0), not dropped; the paired t-test takes it as observed, understating a miss.",
-        "Step budgets replace the plan's 50 epochs in smoke/quick. Every arm records window entropy for the plots (not overhead).",
+        f"Adam in every arm from one initial LR per task ({lrs}; the plan's 0.01 is too high for Adam). cifar10: ResNet-18 (CIFAR stem), width "
+        f"{c['width']} (the plan: 64), {c['n_train']} train / {c['n_val']} validation images (disjoint, train split{'; v4: 12 epochs, so the rule can recover' if profile == 'quick' else ''}), {c['n_test']} test; batch "
+        f"{c['batch_size']}, {c['steps']} steps, no augmentation. imdb: {i['model']} (the plan: BERT-base), {i['max_len']} tokens, lower "
+        f"{i['n_frozen']} layers frozen, {i['n_train']} / {i['n_val']} / {i['n_test']} reviews, batch {i['batch_size']}, {i['steps']} steps. Sizes the data cannot serve (the digits stand-in) are scaled down (data.scale_to_available).",
+        {'full': f"squad_v2: {q['model']}, windows of {q['max_len']} tokens, stride {q['stride']}; the train split comes from the Hub.",
+         'dryrun': "dryrun: full's models, lengths, precision policy and code path (squad_v2/BERT-large too) on a few batches and 2 steps; "
+                   "random weights where the Hub is unreachable; squad_v2's splits are disjoint dev slices; CPU: BERT tasks at batch "
+                   f"{i.get('cpu_batch')}. It checks that the path runs, not results."
+         }.get(profile, f"squad_v2 ({q['model']}) runs in 'full' only: the mirror holds 1,124 dev questions (3 of 35 articles), no train split."),
+        f"Rule: every {c['every']} steps the window's mean training entropy / log K vs. a fixed threshold {u['threshold']} (set before any "
+        f"run); above: LR x {u['factor']}; below by more than the window's 95% CI: LR / {u['factor']}; within [{u['lr_min_frac']}, 1] x LR0.",
+        "Controls (version 4): replay = the uncertainty run's LR at each decision step, open loop, same seed and initialisation, independent "
+        f"data order (seed + {SCHEDULE_KW['replay']['order_offset']:,}; with the same order a deterministic replay is the same run bit for bit); "
+        "shuffled = the rule on the uncertainty run's windows in a random order (the same cut/raise counts, timing unrelated to the model); "
+        f"step = x step_decay per window (cifar10 {c['step_decay']}, imdb {i['step_decay']}: the rule's median decay in the notebook's pilot; 1.0 = the fixed LR); "
+        f"schedule-free AdamW (weight decay 0, warm-up {SCHEDULE_KW['schedulefree']['warmup_frac']:.0%}, evaluated at its averaged point, "
+        "BatchNorm statistics not recomputed). Controls read the uncertainty cell's decisions from the disk cache, or recompute them. Gates: a "
+        f"quality claim is informative only if the rule cut and recovered in every seed and the fixed LR beats chance by {LEARN_MARGIN}.",
+        f"Precision '{PRECISION}' (train.resolve_precision per cell): bf16 on CUDA and native-bf16 CPUs, else fp32. Cosine: warm-up "
+        f"{cos['warmup_frac']:.0%}, cosine to {cos['lr_min_frac']:g}. Plateau: ReduceLROnPlateau on validation loss (x{pl['factor']}, patience "
+        f"{pl['patience']}, floor {pl['lr_min_frac']}).",
+        f"Steps to target: validation accuracy >= cifar10 {c['target']} / imdb {i['target']} (fixed-LR pilot, seed 100, TABLES), every "
+        f"{c['eval_every']} / {i['eval_every']} steps; a miss is censored at budget + 1, so the mean is the restricted mean time to target "
+        "(censoring only at the budget), compared paired by seed. GPU utilisation: NVML on CUDA, 'not applicable' on CPU.",
     ]
     return Spec('uncertainty_lr', 'Does a learning rate driven by predictive entropy converge faster or generalise better than '
                 'a fixed LR and standard schedules, at negligible overhead?', arms, 'fixed',
                 [m for t in tasks for m in _metrics(t)], [c for t in tasks for c in _claims(t)], fit,
                 plan='004_1159396139044005.txt', datasets=datasets, notes=notes, sections=sections,
                 tradeoff=(f'{PRIMARY_TASK}_train_time_s', _quality(PRIMARY_TASK)),
-                version=3)  # 3: rule settings in params, sizes scaled to the data, precision 'auto', rule counts as metrics
-                            # 2: the uncertainty arm is the fixed-threshold rule (1: adaptive, never fired in quick)
+                version=4)  # 4: controls (replay, shuffled, step, schedule-free), quick resized; 3: rule settings in params, sizes
+                            # scaled, precision 'auto'; 2: the fixed-threshold rule (1: adaptive, never fired in quick)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c047
-def _xy(records:list, key:str) -> list:
-    "`records` whose series `key`, rows (step, value, ...), is split into series `step` and `value` for `report.seed_curves`."
-    return [dict(r, series=dict(step=[row[0] for row in r['series'][key]], value=[row[1] for row in r['series'][key]]))
-            for r in records if r['series'].get(key)]
-
-def sections(records:list, # the technique's stored records
-             table, # its results table (unused: the sections draw on the records' series)
-            ) -> list:
+def sections(records:list, table) -> list:  # the stored records; the results table (unused)
     "LR, entropy and validation curves per task (mean over seeds, min-max band) and the rule's decisions per seed."
     import pandas as pd
     from matplotlib.figure import Figure
     from lwstudy.report import esc, fig_to_img, html_table, seed_curves
     if not records: return []
+    xy = lambda key: [dict(r, series=dict(step=[row[0] for row in r['series'][key]], value=[row[1] for row in r['series'][key]]))
+                      for r in records if r['series'].get(key)]  # rows (step, value, ...) as series for `report.seed_curves`
     tasks, figs = [k[:-len('_lr_trace')] for k in records[0]['series'] if k.endswith('_lr_trace')], []
     for rows in ((('lr_trace', 'learning rate'), ('entropy_trace', 'training entropy / log K (window means)')),
                  (('val_curve', 'validation score'),)):
         fig = Figure(figsize=(4.5 * len(tasks), 3.2 * len(rows)))
         for n, ((key, what), t) in enumerate((r, t) for r in rows for t in tasks):
-            ax = seed_curves(_xy(records, f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
+            ax = seed_curves(xy(f'{t}_{key}'), 'value', fig.add_subplot(len(rows), len(tasks), n + 1), what, x_key='step',
                              arms=SCHEDULES)
             ax.set_title(f'{t}: {what}', fontsize=10); ax.set_yscale('log' if key == 'lr_trace' else 'linear')
             if key == 'val_curve':
