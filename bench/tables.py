@@ -8,16 +8,11 @@ import argparse, os, statistics, sys, tempfile, time
 
 def build(task:str, workers:int|None) -> tuple[dict, float]:
     "One table from an empty cache with `workers` processes (1: one after another); its rows and wall seconds."
-    import functools
     from lwstudy.techniques import metabo as mb
     os.environ['LWSTUDY_CACHE'] = tempfile.mkdtemp(prefix='lwstudy-tables-')
     p = mb._arm_params('quick', 'bo')
     feats = mb.task_features(task, p['sizes'], 'quick')  # features first, outside the timing
-    imap = mb.parallel_imap
-    mb.parallel_imap = functools.partial(imap, workers=workers)
-    try:
-        t0 = time.perf_counter(); tab = mb.build_table(task, p, 'quick', feats); wall = time.perf_counter() - t0
-    finally: mb.parallel_imap = imap
+    t0 = time.perf_counter(); tab = mb.build_table(task, p, 'quick', feats, workers=workers); wall = time.perf_counter() - t0
     return tab['rows'], wall
 
 def scores(rows:dict) -> dict: return {i: {k: v for k, v in r.items() if k not in ('eval_s', 'train_s')} for i, r in rows.items()}

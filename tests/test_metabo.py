@@ -95,3 +95,17 @@ def test_dryrun_finetune(home, cache):
     p = mb._arm_params('dryrun', 'bo')
     r = mb.evaluate_finetune('trec', mb.config_of(p['space'], mb.grid_indices(p['space'])[0]), p['sizes'], 'dryrun', p['model'])
     assert r['steps'] == 2 and 0 <= r['val_accuracy'] <= 1 and r['precision'] in ('bf16', 'fp32')
+
+
+def test_parallel_heads_match_one_after_another(cache):
+    "The default head fidelity builds its table in worker processes (`core.parallel_imap`): the same scores as in one process."
+    rng = np.random.default_rng(0)
+    feats = dict(source='synthetic', feature_s=0.0, n_classes=2, **{f'x_{s}': rng.normal(size=(n, 8)).astype(np.float32) for s, n in (('train', 64), ('val', 32), ('test', 32))},
+                 **{f'y_{s}': rng.integers(0, 2, n) for s, n in (('train', 64), ('val', 32), ('test', 32))})
+    p = mb._arm_params('smoke', 'bo')
+    one = mb.build_table('sst2', p, 'smoke', feats, workers=1)['rows']
+    for f in (cache_dir()/'metabo').glob('*.pt'): f.unlink()
+    two = mb.build_table('sst2', p, 'smoke', feats, workers=2)
+    assert two['computed_now'] == len(one) == 32
+    strip = lambda r: {k: v for k, v in r.items() if k not in ('eval_s', 'train_s')}
+    assert {i: strip(r) for i, r in two['rows'].items()} == {i: strip(r) for i, r in one.items()}

@@ -236,7 +236,7 @@ def _timed(evaluate, cfg:dict) -> dict: # configuration -> scores; one configura
 def _timed_head(feats:dict, job:tuple) -> dict: return _timed(lambda cfg: evaluate_head(feats, cfg, job[1]), job[0])  # job: (cfg, hidden)
 
 def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm (space, sizes, fidelity, model); the profile
-                feats:dict, evaluator=None) -> dict: # the task's `task_features`; configuration -> scores (default: the fidelity's)
+                feats:dict, evaluator=None, workers:int|None=None) -> dict: # `task_features`; cfg -> scores (default: the fidelity's); heads' processes
     "The evaluation table of `task` over `params`' grid: index tuple -> scores; computes only what is not on disk yet (heads one per core)."
     space, sizes, head, tag = params['space'], params['sizes'], params['fidelity'] == 'head', f'{task}_eval'
     evaluate = evaluator or ((lambda cfg: evaluate_head(feats, cfg, sizes['hidden'])) if head else
@@ -244,7 +244,7 @@ def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm 
     keys = {i: dict(task=task, source=feats['source'], space=space, sizes=sizes, fidelity=params['fidelity'], model=params['model'],
                     idx=list(i), version=TABLE_VERSION) for i in grid_indices(space)}
     todo = [i for i, k in keys.items() if not cache_path('metabo', k, tag).exists()]
-    fresh = (parallel_imap(_timed_head, [(config_of(space, i), sizes['hidden']) for i in todo], shared=feats) if head and not evaluator
+    fresh = (parallel_imap(_timed_head, [(config_of(space, i), sizes['hidden']) for i in todo], shared=feats, workers=workers) if head and not evaluator
              else (_timed(evaluate, config_of(space, i)) for i in todo))  # single-threaded heads run one per core (`core.parallel_imap`)
     for i, res in zip(todo, fresh): disk_cached('metabo', keys[i], lambda: res, tag)  # stored as each finishes
     def recompute(i): todo.append(i); return _timed(evaluate, config_of(space, i))  # a file `disk_cached` found unreadable
