@@ -19,7 +19,7 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
            'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
-           'text_tokens', 'image_set', 'TensorBatches']
+           'augmented_views', 'text_tokens', 'image_set', 'TensorBatches']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -567,6 +567,11 @@ def flip_crop(seed:int=0, # the flips' and crops' seed (stream 2 of `core.make_g
         i, j = torch.randint(0, 2 * pad + 1, (2, B), generator=g).tolist()
         return (torch.stack([x[b, :, i[b]:i[b] + H, j[b]:j[b] + W] for b in range(B)]),)
     return augment
+
+def augmented_views(images:Images, n:int, k:int, # the first `n` images; views of each
+                    augment) -> Images: # x -> (augmented x,), e.g. `flip_crop(seed, pad)`
+    "A fixed augmented set: `k` views of each of the first `n` images (view `v` of image `i` at `v * n + i`), labels repeated."
+    return Images(torch.cat([augment(images.x[:n])[0] for _ in range(k)]), images.labels[:n].repeat(k))
 
 # %% ../nbs/01_data.ipynb #c020f
 @functools.cache

@@ -333,14 +333,15 @@ class ValTracker(Callback):
                  score:str='accuracy', # the entry of `evaluate_fn`'s dict that is the score
                 ):
         self.evaluate_fn, self.every, self.target, self.budget, self.schedulers = evaluate_fn, eval_every, target, budget, schedulers
-        self.score, self.curve, self.hit, self.eval_s = score, [], None, 0.0  # eval_s: validation time inside the training loop
+        self.score, self.curve, self.hit, self.hit_s, self.eval_s = score, [], None, None, 0.0  # eval_s: validation time in the loop
+    def before_fit(self, state): self.t0 = time.perf_counter()
     def _eval(self, state, in_loop=True):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter(); trained_s = t0 - self.t0 - self.eval_s  # training seconds so far
         with eval_point(state.opt): s = self.evaluate_fn(state.model)
         state.model.train()
         if in_loop: self.eval_s += time.perf_counter() - t0
         self.curve.append((state.step, s[self.score], s['loss']))
-        if self.hit is None and s[self.score] >= self.target: self.hit = state.step
+        if self.hit is None and s[self.score] >= self.target: self.hit, self.hit_s = state.step, trained_s
         for sch in self.schedulers: sch.on_eval(state, s['loss'])
     def after_step(self, state):
         if state.step % self.every == 0: self._eval(state)

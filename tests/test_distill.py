@@ -141,6 +141,7 @@ def _check_vision_cells(out, source_word):
         assert source_word in o['data'] and 0 <= o['accuracy'] <= 1 and o['speedup_vs_teacher'] > 0 and o['train_peak_mb'] > 0
         assert o['accuracy_retention'] == pytest.approx(o['accuracy'] / o['teacher_accuracy'])
     assert (alone['n_hidden_pairs'], alone['teacher_cost_s'], alone['teacher_cache_mb']) == (0, 0.0, 0.0)
+    assert alone['n_train_images'] == dist['n_train_images'] and alone['train_views'] == dist['train_views'] > 1  # the same augmented data
     assert dist['hidden_pairs'] == '[(1, 1), (2, 2), (3, 3)]' and dist['teacher_cache_mb'] > 0 and dist['teacher_cost_s'] > 0
     assert alone['teacher_accuracy'] == dist['teacher_accuracy']  # one teacher
     assert dist['final_loss'] > dist['final_ce']  # the distilled objective adds KL and hidden terms
@@ -155,7 +156,10 @@ def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):
     monkeypatch.setattr(tch, 'train', lambda *a, **k: pytest.fail('the cached vision teacher was trained again'))
     t, rec = d.get_teacher(vp, 'vision', 'smoke')
     cached = d.teacher_outputs(t, vp, 'vision', 'smoke', rec, layers=range(4))
-    with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0]], t(train_im.x[[2, 0]]), atol=1e-4)
+    views, n, _, _ = d.student_data(vp, 'vision', 'smoke')  # the students' fixed flip+crop views: the rows of the cache
+    assert n == len(views) == len(cached['logits']) == min(vp['n_train'], len(train_im)) * vp['views']
+    assert torch.equal(views.labels, train_im.labels[:n // vp['views']].repeat(vp['views']))
+    with torch.no_grad(): assert torch.allclose(cached['logits'][[2, 0, n - 1]], t(views.x[[2, 0, n - 1]]), atol=1e-4)
     assert [tuple(cached['hidden'][k].shape[1:]) for k in range(4)] == [(4 * 4 * 2 ** k, 16 >> k, 16 >> k) for k in range(4)]  # smoke: 16-pixel images
 
 

@@ -17,14 +17,19 @@ def cache(tmp_path, monkeypatch):
 def test_table_resumes_from_disk(cache):
     feats = dict(source='synthetic', feature_s=1.5)
     calls = []
-    def evaluator(cfg):
-        calls.append(cfg)
-        return dict(val_accuracy=cfg['lr'] * 100, val_f1=0.0, test_accuracy=0.0, test_f1=0.0, train_s=0.0, steps=1)
+    def evaluator(cfg, seed):
+        calls.append((cfg, seed))
+        return dict(val_accuracy=cfg['lr'] * 100 + seed / 100, val_f1=0.0, test_accuracy=0.0, test_f1=0.0, train_s=0.0, steps=1)
     p = mb._arm_params('smoke', 'bo')
+    n = 32 * p['table_seeds']  # every configuration once per training seed
     tab = mb.build_table('sst2', p, 'smoke', feats, evaluator)
-    assert len(tab['rows']) == 32 and len(calls) == 32 and tab['computed_now'] == 32 and tab['build_s'] == 1.5 + sum(r['eval_s'] for r in tab['rows'].values())
+    assert len(tab['rows']) == 32 and len(calls) == n and tab['computed_now'] == n
+    assert tab['build_s'] == pytest.approx(1.5 + p['table_seeds'] * sum(r['eval_s'] for r in tab['rows'].values()))
+    for (cfg, seed), (i, r) in zip(calls, tab['rows'].items()):  # a row: the mean over seeds, and each seed's validation score
+        assert r['val_runs'] == pytest.approx([cfg['lr'] * 100 + s / 100 for s in range(p['table_seeds'])])
+        assert r['val_accuracy'] == pytest.approx(np.mean(r['val_runs']))
     files = sorted((cache_dir()/'metabo').glob('sst2_eval_*.pt'))
-    assert len(files) == 32 and str(cache) in str(files[0])
+    assert len(files) == n and str(cache) in str(files[0])
     for f in files[:4]: f.unlink()  # an interrupted build: four evaluations never stored
     files[4].write_bytes(b'torn')  # and one torn: moved aside, recomputed
     calls.clear()
@@ -35,7 +40,7 @@ def test_table_resumes_from_disk(cache):
     calls.clear()
     assert mb.build_table('sst2', p, 'smoke', feats, evaluator)['computed_now'] == 0 and not calls
     # another grid, fidelity or table version is another key: nothing reused
-    assert mb.build_table('sst2', dict(p, model='other'), 'smoke', feats, evaluator)['computed_now'] == 32
+    assert mb.build_table('sst2', dict(p, model='other'), 'smoke', feats, evaluator)['computed_now'] == n
 
 
 def test_features_cached(cache, monkeypatch):
@@ -53,8 +58,10 @@ def test_features_cached(cache, monkeypatch):
 def test_smoke_run_and_report(home, cache):
     from lwstudy.study import experiment
     res = experiment('metabo', 'smoke', seeds=2, out_dir='reports', progress=False)
-    assert res.computed == 6
-    assert set(res.claims.id) == {'third-of-trials', 'fewer-than-bo', 'fewer-than-random', 'score-not-worse', 'bo-beats-random'}
+    assert res.computed == 2 * len(mb.ARMS)
+    assert set(res.claims.id) == {'fewer-than-bo', 'fewer-than-random', 'score-not-worse', 'short-start-differs', 'bo-beats-random',
+                                  *(f'{a}-{g}' for a in mb.TRANSFER for g in ('third-of-trials', 'half-seconds'))}
+    assert (res.claims.set_index('id').loc[['fewer-than-bo', 'score-not-worse'], 'vs'] == 'bo_short').all()  # the same random starts
     ct = res.claims.set_index('id')
     assert set(ct[ct.family == 'primary'].index) == {'fewer-than-bo', 'fewer-than-random', 'score-not-worse'}
     head = res.table[res.table.metric == 'headroom_trials'].value
@@ -63,11 +70,13 @@ def test_smoke_run_and_report(home, cache):
         assert ct.loc[c, 'gate_passed'] == (head.iloc[0] >= mb.HEADROOM_MIN), c
         assert (ct.loc[c, 'verdict'] == 'uninformative') == (not ct.loc[c, 'gate_passed']), c
     page = res.report.read_text()
-    for title in ('Regret vs trial', 'Trials to within 1% per held-out task', 'Warm start proposals', 'Optimiser overhead'):
+    for title in ('Regret vs trial', 'Trials to within 1% per held-out task', 'Tasks as the unit', 'Warm start proposals', 'Optimiser overhead'):
         assert title in page
     t = res.table
     v = t[t.metric == 'trials_to_1pct'].value
     assert ((v >= 1) & (v <= mb.task_params('smoke')['budget'] + 1)).all()
+    s = t[t.metric == 'seconds_to_1pct'].value
+    assert len(s) == len(v) and (s > 0).all()  # each trial's stored training seconds, summed up to the hit
     # a second run reuses every stored cell and every stored evaluation
     assert experiment('metabo', 'smoke', seeds=2, out_dir='reports', progress=False).computed == 0
 
@@ -106,6 +115,6 @@ def test_parallel_heads_match_one_after_another(cache):
     one = mb.build_table('sst2', p, 'smoke', feats, workers=1)['rows']
     for f in (cache_dir()/'metabo').glob('*.pt'): f.unlink()
     two = mb.build_table('sst2', p, 'smoke', feats, workers=2)
-    assert two['computed_now'] == len(one) == 32
+    assert two['computed_now'] == len(one) * p['table_seeds'] and len(one) == 32
     strip = lambda r: {k: v for k, v in r.items() if k not in ('eval_s', 'train_s')}
     assert {i: strip(r) for i, r in two['rows'].items()} == {i: strip(r) for i, r in one.items()}

@@ -24,6 +24,9 @@ def test_smoke_run_to_report(home):
         for task in ('cifar10', 'imdb'):
             assert len({lr for _, lr in r['series'][f'{task}_lr_trace']}) > 1, (task, r['seed'])
             assert r['metrics'][f'{task}_final_lr'] < ulr.task_params('smoke')[task]['lr']
+            m = r['metrics']  # seconds to target: training seconds up to the hit, or the whole run when missed
+            assert 0 < m[f'{task}_seconds_to_target'] <= m[f'{task}_train_time_s'] + 1e-9
+            assert (m[f'{task}_seconds_to_target'] == m[f'{task}_train_time_s']) == (m[f'{task}_reached'] == 0)
             assert r['info'][f'{task}_rule_actions'].startswith('cut ') and not r['info'][f'{task}_rule_actions'].startswith('cut 0,')
     assert len(res.claims) == len(res.spec.claims)
     ct = res.claims.set_index('id')

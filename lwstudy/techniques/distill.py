@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
 from ..core import by_profile, check_choice, current_device
-from ..data import Images, Tokens, flip_crop, image_set, scale_to_available, text_tokens
+from ..data import Images, Tokens, augmented_views, flip_crop, image_set, scale_to_available, text_tokens
 from ..measure import measure_energy, peak_memory_mb, require_training_memory
 from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims, hidden_paths,
                             resnet18, resnet50)
@@ -22,11 +22,11 @@ from ..teacher import (batch_inputs, beside_metrics, beside_teacher, cached_mode
 from ..train import resolve_precision
 
 # %% auto #0
-__all__ = ['LAYER_SCHEMES', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY', 'CHANCE_MARGIN',
-           'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers',
-           'sst2_tokens', 'vision_sizes', 'cifar_images', 'get_teacher', 'teacher_outputs', 'distill_loss_fn',
-           'distill_student', 'is_distilled', 'train_and_measure', 'task_params', 'fit_part', 'fit', 'arms',
-           'gate_learned', 'claims', 'sections', 'spec']
+__all__ = ['LAYER_SCHEMES', 'VIEW_SEED', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY',
+           'CHANCE_MARGIN', 'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss',
+           'student_from_layers', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'student_data', 'get_teacher',
+           'teacher_outputs', 'distill_loss_fn', 'distill_student', 'is_distilled', 'train_and_measure', 'task_params',
+           'fit_part', 'fit', 'arms', 'gate_learned', 'claims', 'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c011
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
@@ -131,6 +131,16 @@ def _part_data(pp:dict, # a part's params (`runner.part_params`)
     "(training data, evaluation data, source) of `part`: `Tokens` of SST-2 or `Images` of CIFAR-10."
     return sst2_tokens(pp, profile) if part == 'nlp' else cifar_images(pp, profile)
 
+VIEW_SEED = 0  # the seed of the students' fixed augmented views: the same views in every arm and seed
+
+def student_data(pp:dict, part:str, profile:str) -> tuple: # a part's params, its name, the profile
+    "(training data, rows the students sample, evaluation data, source): NLP the first `n_train` sentences of the teacher's slice; vision `pp['views']` seeded flip+crop views of each of its first `n_train` images (`data.augmented_views`): the teacher's augmentation, for every arm."
+    tr, ev, source = _part_data(pp, part, profile)
+    n = min(pp['n_train'], len(tr))  # the digits stand-in holds 1,437 training images
+    if part == 'nlp': return tr, n, ev, source
+    views = augmented_views(tr, n, pp['views'], flip_crop(VIEW_SEED, pp['image_size'] // 8))
+    return views, len(views), ev, source
+
 def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights: where the teacher's initial weights came from
     "What the cached teacher of `part` depends on."
     if part == 'nlp': return dict(model=pp['teacher'], weights=weights, n=pp['n_teacher_train'], steps=pp['teacher_steps'], lr=pp['teacher_lr'],
@@ -159,11 +169,12 @@ def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the tea
                     layers=(), # the teacher layers (stages) whose states to hold: only these are cached
                    ) -> dict:
     "Teacher outputs, cached (`teacher.cached_outputs`): logits on the student's slice and on the evaluation set (with the forward time), and fp16 states of `layers` only."
-    tr, ev, source = _part_data(pp, part, profile)
-    n = min(pp['n_train'], len(tr))
+    tr, n, ev, source = student_data(pp, part, profile)
     what = f"{profile}: {'NLP' if part == 'nlp' else 'vision'} teacher cache ({n} {'sentences' if part == 'nlp' else 'images'})"
-    full_n = task_params('full')[part]['n_train'] if profile == 'dryrun' else None
-    return cached_outputs(teacher, tr, n, ev, device or current_device(), 'distill', dict(_teacher_key(pp, part, source, record['weights']), n_train=n),
+    full = task_params('full')[part]
+    full_n = full['n_train'] * full.get('views', 1) if profile == 'dryrun' else None
+    views = dict(views=pp['views'], view_seed=VIEW_SEED) if part == 'vision' else {}
+    return cached_outputs(teacher, tr, n, ev, device or current_device(), 'distill', dict(_teacher_key(pp, part, source, record['weights']), n_train=n, **views),
                           _PREFIX[part] + 'teacher', layers, what, full_n, extra=dict(teacher_train_s=record['train_s']))
 
 # %% ../../nbs/40_distill.ipynb #c046
@@ -274,6 +285,7 @@ VISION_FULL = dict(  # the plan's vision half: ResNet-50 -> ResNet-18 on CIFAR-1
     batch_size=128,                 # images per batch, training and inference timing
     lr=1e-3,                        # student AdamW peak lr, linear decay
     wd=5e-4,                        # AdamW weight decay (teacher and student)
+    views=1,                        # students' fixed flip+crop views per image (teacher: fresh ones every batch); 1 in full: the cache's memory
     speed_batches=10, speed_repeats=5)  # inference timing, as NLP
 _SMOKE_NLP = dict(teacher='minilm', student_base='minilm', student_layers=(0, 2, 4), n_teacher_train=96, teacher_steps=4, teacher_lr=1e-4,
                  n_train=48, steps=3, n_val=48, batch_size=16, max_len=24, lr=2e-4, speed_batches=1, speed_repeats=1, freeze_word_embeddings=True)
@@ -287,9 +299,9 @@ def task_params(profile:str) -> dict:
         dryrun=dict(NLP_FULL, n_teacher_train=64, teacher_steps=2, n_train=64, steps=2, n_val=64, speed_batches=1, speed_repeats=1))
     vision = by_profile(profile, full=VISION_FULL,
         smoke=dict(VISION_FULL, width=4, image_size=16, n_teacher_train=128, teacher_steps=3, teacher_lr=2e-3, n_train=64, steps=3, n_test=64,
-                   batch_size=16, lr=2e-3, speed_batches=1, speed_repeats=1),
+                   batch_size=16, lr=2e-3, views=2, speed_batches=1, speed_repeats=1),
         quick=dict(VISION_FULL, width=8, image_size=16, n_teacher_train=10000, teacher_steps=1200, teacher_lr=5e-3, n_train=2048, steps=128,
-                   n_test=1000, lr=1e-2, speed_batches=2, speed_repeats=3),
+                   n_test=1000, lr=1e-2, views=8, speed_batches=2, speed_repeats=3),  # 8 views: each seen once in the students' 8 epochs
         dryrun=dict(VISION_FULL, n_teacher_train=256, teacher_steps=2, n_train=256, steps=2, n_test=256, speed_batches=1, speed_repeats=1))
     return dict(nlp=dict(nlp), vision=dict(vision))
 
@@ -298,15 +310,15 @@ def fit_part(params:dict, # the arm's params: shared keys and `parts`
              seed:int, profile:str, device:str) -> dict: # the cell's seed, profile and device
     "One part of a cell: its student (3 MiniLM layers or a ResNet-18), alone or distilled from the cached teacher; metrics unprefixed."
     pp = part_params(params, part)
-    tr, ev, source = _part_data(pp, part, profile)
+    tr, n, ev, source = student_data(pp, part, profile)
     teacher, trec = get_teacher(pp, part, profile, device)
     torch.manual_seed(seed)  # the student's head and dropout (NLP) or initialisation (vision): the same in every arm of this seed
     student = _build_student(pp, part, teacher, profile)
-    pp = dict(pp, n_train=min(pp['n_train'], len(tr)))  # the digits stand-in holds 1,437 training images
     layers = sorted({t for _, t in _student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
     cached = teacher_outputs(teacher, pp, part, profile, trec, device, layers)
+    pp = dict(pp, n_train=n)  # the rows the students sample (vision: every view)
     return dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
-                        dict(n_train_images=pp['n_train'], n_test_images=len(ev))))
+                        dict(n_train_images=n // pp['views'], train_views=pp['views'], n_test_images=len(ev))))
 
 def fit(params:dict, # an arm: layers, precision, w_kd, w_ce, w_hid, temperature, and parts {'nlp': sizes, 'vision': sizes}
         seed:int, # the cell's seed: student initialisation and data order
@@ -359,10 +371,7 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
     teacher, pts = learned('last3_fp32', 'teacher_accuracy'), f'{NONINFERIORITY * 100:g} point'
     mixed = gate_info(prefix + 'precision_used', 'last3_mixed', lambda v: v in ('bf16', 'fp16'),  # not fp32, where 'mixed' resolves to it
                       f"last3_mixed ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
-    return [
-        C('speed', f'the student is at least {SPEEDUP_GOAL}x faster at inference than its teacher (DistilBERT: 1.6x); holds by '
-          "construction: the student's architecture is the same in every arm, so this measures the architecture pair, not distillation",
-          'speedup_vs_teacher', 'last3_fp32', SPEEDUP_GOAL, '>', 'value', source='issue goal'),
+    return [  # the speed-up goal is the architecture pair's, the same in every arm: reported beside the goals, not a claim
         C('retention', f"the student keeps at least {RETENTION_GOAL:.0%} of the teacher's accuracy (DistilBERT: 97%)",
           'accuracy_retention', 'last3_fp32', RETENTION_GOAL, '>', 'value', source='issue goal', gate=teacher),
         C('distill-beats-alone', 'the distilled student (last 3 layers, fp32) is more accurate than the student trained alone',
@@ -376,8 +385,8 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
         *[C(f'{arm[:-5].replace("_", "-")}-vs-all', f'distilling {name} is as accurate as distilling all {all_layers} (non-inferiority: within {pts})',
             'accuracy', arm, -NONINFERIORITY, '>', 'diff', vs='all_fp32', source='study plan', gate=gate_all(teacher, learned('all_fp32')))
           for arm, name in (('last3_fp32', 'only the last 3 teacher layers'), ('every_other_fp32', 'every other teacher layer'))],
-        C('selective-cache', 'selective distillation reads less cached teacher data than all layers; holds by construction '
-          '(3 cached layers or stages against all of them)', 'teacher_cache_mb', 'last3_fp32', 0.0, '<', 'diff', vs='all_fp32', source='study plan'),
+        C('selective-faster', 'distilling only the last 3 teacher layers trains faster than distilling all of them (same student, steps, data)',
+          'train_time_s', 'last3_fp32', 1.0, '<', 'ratio', vs='all_fp32', source='issue 19 (selective distillation is cheaper)'),
     ]
 
 def claims() -> list:
@@ -402,9 +411,11 @@ def sections(records:list, # the runner's records
              table, # the long results table (`runner.results_table`)
             ) -> list:
     "Goals vs measurements with the precision and energy as run (each part), the teachers' records, and loss curves."
-    halves, goal = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)], {c.id: c.threshold for c in claims()}
-    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(goal['retention'], 2)} and inference speed-up ≥ "
-             f"{fmt(goal['speed'], 2)}x. Each teacher is trained once and its outputs are cached; every distilled arm is charged the full "
+    halves = [(p, t) for p, t in _HALVES if p + 'accuracy' in set(table.metric)]
+    met = lambda p: 'met' if arm_mean(table, p + 'speedup_vs_teacher', 'last3_fp32') >= SPEEDUP_GOAL else 'missed'
+    goals = (f"<p>Means over seeds. Goals from the issue: accuracy retention ≥ {fmt(RETENTION_GOAL, 2)} (a claim) and inference speed-up ≥ "
+             f"{fmt(SPEEDUP_GOAL, 2)}x, a property of the architecture pair (the same in every arm, so not a claim): "
+             + ', '.join(f"{esc(t.split(' (')[0])} {met(p)}" for p, t in halves) + ". Each teacher is trained once and its outputs are cached; every distilled arm is charged the full "
              "one-off cost in <code>train_time_with_teacher_s</code> (a real deployment would amortise it over all students).</p>" +
              ''.join(f"<h4>{esc(t)}</h4>{_goals(records, table, p)}<p>{'<br>'.join(esc(x) for x in sorted({r['info'].get(p + 'teacher_record', '') for r in records}))}</p>"
                      for p, t in halves))
@@ -432,7 +443,9 @@ def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
           f"embeddings frozen in every arm), {p['steps']} steps of {p['batch_size']} on {p['n_train']} of those sentences."),
         f"Vision part: CIFAR-style ResNet-50 -> ResNet-18 at width {v['width']} instead of 64 ({mparams['resnet50']} -> {mparams['resnet18']} "
         f"parameters), {v['image_size']}-pixel images; teacher from scratch, {v['teacher_steps']} steps of {v['batch_size']} on {v['n_teacher_train']} "
-        f"training images (flips and crops); students {v['steps']} steps on the first {v['n_train']} of them; test slice {v['n_test']} images. "
+        f"training images (flips and crops drawn afresh every batch); students, distilled or alone, {v['steps']} steps on {v['views']} fixed "
+        f"flip+crop view{'s' if v['views'] > 1 else ''} of each of the first {v['n_train']} of them (seed {VIEW_SEED}; the teacher's outputs "
+        f"are cached on the same views, so every student sees the teacher's augmentation; version 4, before it students saw none); test slice {v['n_test']} images. "
         f"quick's sizes come from a pilot (2026-11-24), not this run: 32 pixels cost several times {q['image_size']}, and a 300-step teacher was "
         f"barely above the student alone, hence {q['teacher_steps']:,} teacher steps. The vision student starts from a random initialisation "
         "per seed (a bottleneck block holds no weights of a basic block's shape).",
@@ -447,4 +460,4 @@ def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
     return Spec('distill', 'Does selective-layer distillation with reduced precision give a student close to the teacher at a '
                 'fraction of the compute?', arms(profile), 'alone_fp32', METRICS, claims(), fit,
                 plan='003_1d7d88850547e495.txt', datasets=[('sst2', 'train', None), ('sst2', 'validation', None), ('cifar10', 'train', None),
-                ('cifar10', 'test', None)], notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'), version=3)  # 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
+                ('cifar10', 'test', None)], notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'), version=4)  # 4: matched augmentation (views), selective-faster; 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
