@@ -336,7 +336,8 @@ class ValTracker(Callback):
         self.score, self.curve, self.hit, self.hit_s, self.eval_s = score, [], None, None, 0.0  # eval_s: validation time in the loop
     def before_fit(self, state): self.t0 = time.perf_counter()
     def _eval(self, state, in_loop=True):
-        t0 = time.perf_counter(); trained_s = t0 - self.t0 - self.eval_s  # training seconds so far
+        t0 = time.perf_counter()  # training seconds so far: the loop's own clock after the last step (`after_fit`)
+        trained_s = (t0 - self.t0 if in_loop else state.train_s) - self.eval_s
         with eval_point(state.opt): s = self.evaluate_fn(state.model)
         state.model.train()
         if in_loop: self.eval_s += time.perf_counter() - t0
