@@ -277,15 +277,17 @@ def hidden_states(model:nn.Module, # a `TextClassifier` or `ResNet` (`hidden_pat
                   idx:list, # the examples, in order
                   layers, # indices into `hidden_paths(model)`
                   device:str, batch_size:int=64, # where the model runs; examples per forward pass
+                  pool:bool=False, # True: one fp32 vector per example (token states mean-pooled over real tokens, feature maps over space)
                  ) -> dict:
-    "The fp16 states of `layers` on the examples `idx`, in order, on the CPU: token states packed (`data.pack`), feature maps whole."
+    "The fp16 states of `layers` on the examples `idx`, in order, on the CPU: token states packed (`data.pack`), feature maps whole; or pooled."
     paths, out = hidden_paths(model), {k: [] for k in layers}
     for i in range(0, len(idx), batch_size):
         args, _, mask = data.inputs(idx[i:i + batch_size])
         with HiddenCapture(model, [paths[k] for k in layers], detach=True) as cap: model(*[a.to(device) for a in args])
         for k in layers:
             h = cap.outputs[paths[k]]
-            out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
+            if pool: out[k].append((h.float().mean((2, 3)) if mask is None else masked_mean_pool(h.float(), mask.to(h.device))).cpu())
+            else: out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 @torch.no_grad()

@@ -125,10 +125,11 @@ class Progress:
     def computed(self) -> int: return sum(len(v) for v in self.times.values())
 
     def cell_s(self, technique:str, arm:str) -> float|None:
-        "Expected seconds of one cell: this run's times for the arm, else for the technique, else the history."
+        "Expected seconds of one cell: the median of this run's times for the arm, else for the technique, else the history."
         own = self.times.get(technique, [])
+        own = own[1:] if len(own) > 1 else own  # a technique's first cell also pays its one-off setup (data, teachers, tables)
         for vals in ([s for a, s in own if a == arm], [s for _, s in own]):
-            if vals: return float(np.mean(vals))
+            if vals: return float(np.median(vals))
         if (technique, arm) in self.history: return self.history[technique, arm]
         past = [s for (t, _), s in self.history.items() if t == technique]
         return float(np.mean(past)) if past else None

@@ -43,11 +43,12 @@ def ce_loss(data, # `Tokens` or `Images`: the index batches' examples
 def train_indexed(model:nn.Module, data, loss_fn, # the model, `Tokens` or `Images`, a loss on their index batches
                   steps:int, lr:float, batch_size:int, device:str, # batches, AdamW peak lr (linear decay), examples per batch, where
                   n:int|None=None, seed:int=0, # batches of the first `n` examples (None: all), in the order of `seed`
-                  wd:float=0.01, precision:str='fp32'): # AdamW weight decay; `train.train`'s precision
+                  wd:float=0.01, precision:str='fp32', # AdamW weight decay; `train.train`'s precision
+                  callbacks=()): # more `train.Callback`s after the LR schedule (e.g. a `train.ValTracker`)
     "`train.train` on index batches: AdamW over the trainable parameters, a linear decay from `lr` over `steps`; the final `TrainState`."
     opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=lr, weight_decay=wd)
     loader = data.train_batches(len(data) if n is None else n, batch_size, seed, steps=steps)
-    return train(model, loader, opt, max_steps=steps, loss_fn=loss_fn, callbacks=[WarmupLinear(lr, 0, steps)], precision=precision, device=device)
+    return train(model, loader, opt, max_steps=steps, loss_fn=loss_fn, callbacks=[WarmupLinear(lr, 0, steps), *callbacks], precision=precision, device=device)
 
 def train_ce(model:nn.Module, train_data, eval_data, # the model, `Tokens` or `Images` to train and evaluate on
              steps:int, lr:float, batch_size:int, # batches, AdamW peak lr (linear decay), examples per batch

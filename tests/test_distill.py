@@ -130,9 +130,9 @@ def test_quick_reads_the_glue_validation_set():
 
 
 def _vision_cells(profile='smoke'):
-    "The vision half of the alone and last3 cells of seed 0."
+    "The vision half of the alone, last3 and scored cells of seed 0."
     a = d.arms(profile)
-    return {k: d.fit_part(a[k], 'vision', 0, profile, 'cpu') for k in ('alone_fp32', 'last3_fp32')}
+    return {k: d.fit_part(a[k], 'vision', 0, profile, 'cpu') for k in ('alone_fp32', 'last3_fp32', 'scored_fp32')}
 
 
 def _check_vision_cells(out, source_word):
@@ -145,6 +145,12 @@ def _check_vision_cells(out, source_word):
     assert dist['hidden_pairs'] == '[(1, 1), (2, 2), (3, 3)]' and dist['teacher_cache_mb'] > 0 and dist['teacher_cost_s'] > 0
     assert alone['teacher_accuracy'] == dist['teacher_accuracy']  # one teacher
     assert dist['final_loss'] > dist['final_ce']  # the distilled objective adds KL and hidden terms
+    sc = out['scored_fp32']
+    chosen = [int(k) for k in sc['chosen_layers'].split(',')]
+    assert len(chosen) == d.PROBE_K and sc['hidden_pairs'] == str([(t, t) for t in chosen])  # stages paired at the same resolution
+    assert sc['train_time_with_teacher_s'] > sc['train_time_s'] + sc['layer_probe_s'] > sc['train_time_s']  # the probe is charged
+    assert len(alone['heldout_curve']) == 3 and 'heldout_curve' not in dist  # the learning curve: the students alone, every quarter (3 steps)
+    assert alone['plateau_gain'] == pytest.approx(alone['heldout_curve'][-1] - alone['heldout_curve'][-2])
 
 
 def test_vision_on_digits_standin(cache, no_mirror, monkeypatch):

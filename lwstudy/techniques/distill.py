@@ -4,29 +4,30 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy
+import copy, time
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
-from ..core import by_profile, check_choice, current_device
+from ..core import BadInput, by_profile, check_choice, current_device, disk_cached
 from ..data import Images, Tokens, augmented_views, flip_crop, image_set, scale_to_available, text_tokens
 from ..measure import measure_energy, peak_memory_mb, require_training_memory
 from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims, hidden_paths,
-                            resnet18, resnet50)
+                            hidden_states, resnet18, resnet50)
 from ..report import esc, fig_to_img, fmt, html_table, seed_curves
-from ..runner import Claim, Gate, Metric, Spec, arm_mean, gate_above, gate_all, gate_info, part_params
+from ..runner import Claim, Gate, Metric, Spec, arm_mean, gate_above, gate_all, gate_info, gate_mean, part_params
 from ..teacher import (batch_inputs, beside_metrics, beside_teacher, cached_model, cached_outputs, cached_state, teacher_cost,
                              train_ce, train_indexed)
-from ..train import resolve_precision
+from ..train import ValTracker, resolve_precision, to_device
 
 # %% auto #0
-__all__ = ['LAYER_SCHEMES', 'VIEW_SEED', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL', 'NONINFERIORITY',
-           'CHANCE_MARGIN', 'METRICS', 'make_projection', 'layer_map', 'soft_kl', 'masked_mse', 'distill_loss',
-           'student_from_layers', 'sst2_tokens', 'vision_sizes', 'cifar_images', 'student_data', 'get_teacher',
-           'teacher_outputs', 'distill_loss_fn', 'distill_student', 'is_distilled', 'train_and_measure', 'task_params',
-           'fit_part', 'fit', 'arms', 'gate_learned', 'claims', 'sections', 'spec']
+__all__ = ['LAYER_SCHEMES', 'PROBE_K', 'VIEW_SEED', 'CURVE_N', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL',
+           'NONINFERIORITY', 'CHANCE_MARGIN', 'PLATEAU_GAIN', 'METRICS', 'make_projection', 'layer_map', 'probe_scores',
+           'top_layers', 'soft_kl', 'masked_mse', 'distill_loss', 'student_from_layers', 'sst2_tokens', 'vision_sizes',
+           'cifar_images', 'student_data', 'get_teacher', 'teacher_outputs', 'scored_layers', 'distill_loss_fn',
+           'heldout_scores', 'distill_student', 'is_distilled', 'train_and_measure', 'task_params', 'fit_part', 'fit',
+           'arms', 'gate_learned', 'gate_plateau', 'claims', 'sections', 'spec']
 
 # %% ../../nbs/40_distill.ipynb #c011
 def make_projection(model:nn.Module, # the student (its kind picks a linear map or a 1x1 convolution)
@@ -38,15 +39,22 @@ def make_projection(model:nn.Module, # the student (its kind picks a linear map 
     return nn.Conv2d(d_student, d_teacher, 1) if isinstance(model, ResNet) else nn.Linear(d_student, d_teacher)
 
 # %% ../../nbs/40_distill.ipynb #c015
-LAYER_SCHEMES = ('none', 'all', 'every_other', 'last3')
+LAYER_SCHEMES = ('none', 'all', 'every_other', 'last3', 'scored')
 
 def layer_map(scheme:str, # one of `LAYER_SCHEMES`
               n_teacher:int, # teacher layers
               n_student:int, # student layers
+              chosen=None, # 'scored': the teacher layers a measurement chose (`top_layers`)
              ) -> list[tuple[int, int]]:
     "The (student layer, teacher layer) pairs whose hidden states are matched under `scheme`."
     check_choice('layer scheme', scheme, LAYER_SCHEMES)
     if scheme == 'none': return []
+    if scheme == 'scored':  # like last3, with the chosen teacher layers in place of the last ones
+        chosen = sorted(chosen or [])
+        if not chosen or len(chosen) > n_student or not set(chosen) <= set(range(n_teacher)):
+            raise BadInput(f'scored needs 1 to {n_student} chosen teacher layers of 0..{n_teacher - 1}, got {chosen!r}')
+        if n_student == n_teacher: return [(t, t) for t in chosen]  # ResNet stages: pair at the same resolution
+        return [(n_student - len(chosen) + i, t) for i, t in enumerate(chosen)]
     if scheme == 'last3':
         if n_student < 3 or n_teacher < 3: raise ValueError('last3 needs at least 3 layers in teacher and student')
         return [(n_student - 3 + i, n_teacher - 3 + i) for i in range(3)]
@@ -55,6 +63,24 @@ def layer_map(scheme:str, # one of `LAYER_SCHEMES`
     if scheme == 'every_other' and r == 1: return [(k, k) for k in range((n_student - 1) % 2, n_student, 2)]
     if scheme == 'every_other': return [(k, (k + 1) * r - 1) for k in range(n_student)]
     return [(k, t) for k in range(n_student) for t in range(k * r, (k + 1) * r)]
+
+# %% ../../nbs/40_distill.ipynb #c016b
+PROBE_K = 3  # teacher layers `layers='scored'` picks: as many as last3 matches, so the two cost the same
+
+def probe_scores(teacher:nn.Module, data, n:int, # the teacher; `Tokens` or `Images`; its first `n` examples
+                 device:str) -> list[float]:
+    "Linear-probe accuracy of each teacher layer's pooled state: a logistic regression fitted on the first 3/4 of the `n` examples, scored on the rest."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    layers, cut, y = range(len(hidden_paths(teacher))), 3 * n // 4, data.labels[:n].numpy()
+    h = hidden_states(teacher.eval().to(device), data, list(range(n)), layers, device, pool=True)
+    probe = lambda x: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:cut], y[:cut]).score(x[cut:], y[cut:])
+    return [float(probe(h[k].numpy())) for k in layers]
+
+def top_layers(scores:list, k:int=PROBE_K) -> list[int]:
+    "The `k` layers with the highest `scores`, in layer order (ties: the later layer, nearer the output)."
+    return sorted(sorted(range(len(scores)), key=lambda i: (scores[i], i), reverse=True)[:k])
 
 # %% ../../nbs/40_distill.ipynb #c018
 def soft_kl(student_logits, # (B, C)
@@ -177,6 +203,17 @@ def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the tea
     return cached_outputs(teacher, tr, n, ev, device or current_device(), 'distill', dict(_teacher_key(pp, part, source, record['weights']), n_train=n, **views),
                           _PREFIX[part] + 'teacher', layers, what, full_n, extra=dict(teacher_train_s=record['train_s']))
 
+def scored_layers(teacher:nn.Module, pp:dict, part:str, profile:str, # the teacher (`get_teacher`) and its part's params, name, profile
+                  record:dict, device:str|None=None) -> dict: # the teacher's record; where the probes' forward pass runs
+    "Each teacher layer's `probe_scores` on the students' (un-augmented) examples, the `top_layers` chosen and the seconds it took; cached with the teacher."
+    tr, _, source = _part_data(pp, part, profile)
+    n = min(pp['n_train'], len(tr))
+    def compute():
+        t0 = time.perf_counter()
+        scores = probe_scores(teacher, tr, n, device or current_device())
+        return dict(scores=scores, chosen=top_layers(scores), probe_s=time.perf_counter() - t0)
+    return disk_cached('distill', dict(_teacher_key(pp, part, source, record['weights']), probe='logistic', n_probe=n, k=PROBE_K), compute, _PREFIX[part] + 'probe')
+
 # %% ../../nbs/40_distill.ipynb #c046
 def _build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') -> nn.Module:
     "The student of `part`, the same initialisation in every arm of a seed: NLP `pp['student_layers']` of the pretrained encoder (or all of it), vision a ResNet-18."
@@ -187,8 +224,8 @@ def _build_student(pp:dict, part:str, teacher:nn.Module, profile:str='quick') ->
     return student
 
 def _student_pairs(params:dict, student:nn.Module, teacher:nn.Module) -> list[tuple[int, int]]:
-    "The (student, teacher) hidden-state pairs of `params['layers']` for these two models."
-    return layer_map(params['layers'], len(hidden_paths(teacher)), len(hidden_paths(student)))
+    "The (student, teacher) hidden-state pairs of `params['layers']` (and its `chosen` layers, 'scored') for these two models."
+    return layer_map(params['layers'], len(hidden_paths(teacher)), len(hidden_paths(student)), params.get('chosen'))
 
 def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per pair, keyed 's_t'
                     data, cached:dict|None, # the teacher's cached outputs (None: the student alone)
@@ -212,10 +249,24 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per 
     loss_fn.parts = []
     return loss_fn
 
+CURVE_N = 512  # held-out training-distribution examples the students-alone learning curve is measured on
+def heldout_scores(model:nn.Module, data, rows:list, # `Tokens` or `Images` and the examples scored
+                   batch_size:int, device:str) -> dict:
+    "Accuracy and mean cross-entropy of `model` (eval mode, fp32) on examples `rows` of `data`."
+    model.eval()
+    correct = loss = 0.0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            args, y, _ = data.inputs(rows[i:i + batch_size])
+            logits = model(*to_device(args, device)).float(); y = y.to(logits.device)
+            correct += (logits.argmax(1) == y).sum().item(); loss += F.cross_entropy(logits, y, reduction='sum').item()
+    return dict(accuracy=correct / len(rows), loss=loss / len(rows))
+
 def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # None: trained alone
                     data, params:dict, # `Tokens` or `Images`; the part's params (sizes, lr, loss weights, precision)
-                    seed:int, device:str|None=None): # the data order's seed; where it trains
-    "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state and the loss parts."
+                    seed:int, device:str|None=None, # the data order's seed; where it trains
+                    curve:tuple|None=None): # (data, rows): held-out accuracy at every quarter of the budget, kept out of `train_s`
+    "Train `student` (distilled when `cached` is given, alone otherwise); returns the train state (with `.curve`) and the loss parts."
     device = device or current_device()
     pairs = _student_pairs(params, student, teacher) if cached is not None else []
     ds, dt = hidden_dims(student), hidden_dims(teacher)
@@ -224,8 +275,12 @@ def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # No
     if isinstance(student, TextClassifier):
         student.encoder.embeddings.word_embeddings.weight.requires_grad_(not params['freeze_word_embeddings'])
     loss_fn = distill_loss_fn(student, proj, data, cached, pairs, params)
+    val = curve and ValTracker(lambda m: heldout_scores(m, *curve, params['batch_size'], device), max(1, params['steps'] // 4),
+                               float('inf'), params['steps'])  # no target: the curve only
     state = train_indexed(student, data, loss_fn, params['steps'], params['lr'], params['batch_size'], device, params['n_train'], seed,
-                          params.get('wd', 0.01), params['precision'])
+                          params.get('wd', 0.01), params['precision'], callbacks=[val] if val else [])
+    state.curve = [(s, a) for s, a, _ in val.curve] if val else []
+    if val: state.train_s -= val.eval_s  # the passes in the loop; the last one ran after train_s was taken
     return state, loss_fn.parts
 
 # %% ../../nbs/40_distill.ipynb #c050
@@ -236,14 +291,15 @@ def is_distilled(params:dict) -> bool:
 def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the teacher and its record
                       cached:dict, # the teacher's cached outputs (`teacher_outputs`)
                       train_data, eval_data, params:dict, # `Tokens` or `Images`; a part's params
-                      seed:int, device:str) -> dict: # the cell's seed and device
+                      seed:int, device:str, # the cell's seed and device
+                      curve:tuple|None=None) -> dict: # (data, rows) of the learning curve (`distill_student`)
     "Train `student` under the arm `params` (distilled or alone) and measure it beside `teacher`."
     distilled = is_distilled(params)
     use = cached if distilled else None
     params = dict(params, precision=resolve_precision(params['precision'], device))  # 'mixed': from the run's device, never at import
     require_training_memory(f"student training ({type(student).__name__}, {count_params(student) / 1e6:.1f}M parameters)", student, device)
     mem_probe = copy.deepcopy(student)
-    (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device), device)
+    (state, parts), energy_j, energy = measure_energy(lambda: distill_student(student, teacher, use, train_data, params, seed, device, curve), device)
     peak_mb = peak_memory_mb(lambda: distill_student(mem_probe, teacher, use, train_data, dict(params, steps=1), seed, device), device)
     del student.proj  # inference uses the classifier only
     out = beside_teacher(student, teacher, cached, eval_data, params['batch_size'], params['speed_batches'], params['speed_repeats'], device)
@@ -254,6 +310,8 @@ def train_and_measure(student:nn.Module, teacher:nn.Module, trec:dict, # the tea
                precision_used=params['precision'], energy_counter=energy, teacher_record=f"teacher: {trec['steps']} steps, {trec['train_s']:.1f} s, "
                f"val accuracy {trec['val_accuracy']:.4f}; weights: {trec['weights']}; cache {trec['path']}")
     if energy_j is not None: out['train_energy_j'] = energy_j
+    if len(state.curve) >= 2:  # the plateau check: held-out accuracy gained over the last quarter of the budget
+        out.update(heldout_curve=[a for _, a in state.curve], curve_steps=str([s for s, _ in state.curve]), plateau_gain=state.curve[-1][1] - state.curve[-2][1])
     return out
 
 # %% ../../nbs/40_distill.ipynb #c052
@@ -312,12 +370,21 @@ def fit_part(params:dict, # the arm's params: shared keys and `parts`
     pp = part_params(params, part)
     tr, n, ev, source = student_data(pp, part, profile)
     teacher, trec = get_teacher(pp, part, profile, device)
+    probe = scored_layers(teacher, pp, part, profile, trec, device) if pp['layers'] == 'scored' else None
+    if probe: pp = dict(pp, chosen=probe['chosen'])
     torch.manual_seed(seed)  # the student's head and dropout (NLP) or initialisation (vision): the same in every arm of this seed
     student = _build_student(pp, part, teacher, profile)
     layers = sorted({t for _, t in _student_pairs(pp, student, teacher)}) if is_distilled(pp) else []  # the only ones cached for this arm
     cached = teacher_outputs(teacher, pp, part, profile, trec, device, layers)
     pp = dict(pp, n_train=n)  # the rows the students sample (vision: every view)
-    return dict(train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device), data=source, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
+    held = list(range(n // pp.get('views', 1), len(tr0 := _part_data(pp, part, profile)[0])))[:CURVE_N]  # the teacher's examples no student sees
+    curve = (tr0, held) if held and not is_distilled(pp) else None  # the students alone: is their budget at a plateau?
+    out = train_and_measure(student, teacher, trec, cached, tr, ev, pp, seed, device, curve)
+    if probe:  # the probe is part of what the scored arm paid for its teacher
+        last = {t for _, t in layer_map('last3', len(hidden_paths(teacher)), len(hidden_paths(student)))}
+        out.update(layer_probe_s=probe['probe_s'], train_time_with_teacher_s=out['train_time_with_teacher_s'] + probe['probe_s'],
+                   probe_scores=probe['scores'], chosen_layers=','.join(map(str, probe['chosen'])), layers_outside_last3=len(set(probe['chosen']) - last))
+    return dict(out, data=source, **(dict(student_weights=student.weights, teacher_weights=trec['weights']) if part == 'nlp' else
                         dict(n_train_images=n // pp['views'], train_views=pp['views'], n_test_images=len(ev))))
 
 def fit(params:dict, # an arm: layers, precision, w_kd, w_ce, w_hid, temperature, and parts {'nlp': sizes, 'vision': sizes}
@@ -335,13 +402,15 @@ SPEEDUP_GOAL = 1.8  # the issue's goal: the student at least 1.8x faster at infe
 RETENTION_GOAL = 0.97  # ... and keeping at least 97% of the teacher's accuracy (DistilBERT: 97%)
 NONINFERIORITY = 0.01  # "as accurate as": within 1 accuracy point
 CHANCE_MARGIN = 0.05  # a model "learned" when its accuracy beats the majority-class rate of the evaluation set by 5 points
+PLATEAU_GAIN = 0.01  # the student alone has plateaued when its held-out accuracy gains less than 1 point over the budget's last quarter
 
 def arms(profile:str) -> dict:
-    "The six arms: student alone / distilled with a layer scheme, each in fp32 or mixed precision (resolved in `fit` from the run's device)."
+    "The seven arms: student alone / distilled with a layer scheme (scored: chosen by a probe), in fp32 or mixed precision (resolved in `fit` from the run's device)."
     def arm(layers, precision, w_kd):
         return dict(layers=layers, precision=precision, w_kd=w_kd, w_ce=1.0, w_hid=1.0, temperature=2.0, parts=task_params(profile))
     return {'alone_fp32': arm('none', 'fp32', 0.0), 'all_fp32': arm('all', 'fp32', 1.0), 'last3_fp32': arm('last3', 'fp32', 1.0),
-            'every_other_fp32': arm('every_other', 'fp32', 1.0), 'alone_mixed': arm('none', 'mixed', 0.0), 'last3_mixed': arm('last3', 'mixed', 1.0)}
+            'every_other_fp32': arm('every_other', 'fp32', 1.0),
+            'scored_fp32': arm('scored', 'fp32', 1.0), 'alone_mixed': arm('none', 'mixed', 0.0), 'last3_mixed': arm('last3', 'mixed', 1.0)}
 
 def _metrics(prefix:str, what:str, eval_set:str, batch:str) -> list:
     "The metrics of one part, named with `prefix`: `teacher.beside_metrics` with the training cost and the cached teacher data."
@@ -364,6 +433,11 @@ def gate_learned(prefix:str, # the part's metric prefix ('' or 'vision_')
     return gate_above(prefix + metric, arm, prefix + 'chance_accuracy', CHANCE_MARGIN, f'the {who} beats the majority-class rate by {CHANCE_MARGIN}',
                       who, 'accuracy', 'majority class')
 
+def gate_plateau(prefix:str) -> Gate: # the part's metric prefix
+    "Gate: the student trained alone gained less than `PLATEAU_GAIN` held-out accuracy over the last quarter of its budget (mean over seeds)."
+    return gate_mean(prefix + 'plateau_gain', 'alone_fp32', '<', PLATEAU_GAIN, f"the student alone ({prefix.rstrip('_') or 'NLP'}) has plateaued: "
+                     f'< {PLATEAU_GAIN:g} held-out accuracy gained over the last quarter of the budget ({CURVE_N} unseen training examples)')
+
 def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> list:
     "The claims of one part, on metrics named with `prefix`, ids prefixed with `tag`; ids in `primary` are the primary family."
     C = lambda cid, text, metric, *a, **k: Claim(tag + cid, f'{what}: {text}', prefix + metric, *a, family='primary' if cid in primary else 'exploratory', **k)
@@ -373,7 +447,7 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
                       f"last3_mixed ({prefix.rstrip('_') or 'NLP'}) ran in reduced precision (bf16 or fp16), not fp32")
     return [  # the speed-up goal is the architecture pair's, the same in every arm: reported beside the goals, not a claim
         C('retention', f"the student keeps at least {RETENTION_GOAL:.0%} of the teacher's accuracy (DistilBERT: 97%)",
-          'accuracy_retention', 'last3_fp32', RETENTION_GOAL, '>', 'value', source='issue goal', gate=teacher),
+          'accuracy_retention', 'last3_fp32', RETENTION_GOAL, '>', 'value', source='issue goal', gate=gate_all(teacher, gate_plateau(prefix))),
         C('distill-beats-alone', 'the distilled student (last 3 layers, fp32) is more accurate than the student trained alone',
           'accuracy', 'last3_fp32', 0.0, '>', 'diff', source='study plan', gate=gate_all(teacher, learned('alone_fp32'))),
         C('distill-beats-alone-mixed', 'in mixed precision too, the distilled student beats the student alone',
@@ -384,7 +458,12 @@ def _claims(prefix:str, tag:str, what:str, all_layers:str, primary:tuple) -> lis
           'accuracy', 'last3_mixed', -NONINFERIORITY, '>', 'diff', vs='last3_fp32', source='study plan', gate=gate_all(learned('last3_fp32'), mixed)),
         *[C(f'{arm[:-5].replace("_", "-")}-vs-all', f'distilling {name} is as accurate as distilling all {all_layers} (non-inferiority: within {pts})',
             'accuracy', arm, -NONINFERIORITY, '>', 'diff', vs='all_fp32', source='study plan', gate=gate_all(teacher, learned('all_fp32')))
-          for arm, name in (('last3_fp32', 'only the last 3 teacher layers'), ('every_other_fp32', 'every other teacher layer'))],
+          for arm, name in (('last3_fp32', 'only the last 3 teacher layers'), ('every_other_fp32', 'every other teacher layer'),
+                            ('scored_fp32', f'the {PROBE_K} teacher layers a linear probe scores highest'))],
+        C('scored-beats-last3', f'distilling the {PROBE_K} teacher layers a linear probe scores highest is more accurate than distilling the last 3 (same cost)',
+          'accuracy', 'scored_fp32', 0.0, '>', 'diff', vs='last3_fp32', source='study plan (identify the crucial layers)',
+          gate=gate_all(teacher, gate_mean(prefix + 'layers_outside_last3', 'scored_fp32', '>=', 1,
+                        f"the probe chose a layer outside the last 3 ({prefix.rstrip('_') or 'NLP'}; else the two arms are one)"))),
         C('selective-faster', 'distilling only the last 3 teacher layers trains faster than distilling all of them (same student, steps, data)',
           'train_time_s', 'last3_fp32', 1.0, '<', 'ratio', vs='all_fp32', source='issue 19 (selective distillation is cheaper)'),
     ]
@@ -398,7 +477,8 @@ def claims() -> list:
 _HALVES = (('', 'NLP (SST-2, MiniLM 6 -> 3 layers)'), ('vision_', 'Vision (CIFAR-10, ResNet-50 -> ResNet-18)'))
 _COLUMNS = (('student accuracy', 'accuracy'), ('teacher accuracy', 'teacher_accuracy'), ('retention', 'accuracy_retention'),
             ('speed-up (x)', 'speedup_vs_teacher'), ('train s', 'train_time_s'), ('train s incl. teacher', 'train_time_with_teacher_s'),
-            ('teacher forward s', 'teacher_forward_s'), ('student training energy J', 'train_energy_j'))
+            ('teacher forward s', 'teacher_forward_s'), ('student training energy J', 'train_energy_j'),
+            ('held-out gain, last quarter', 'plateau_gain'))
 
 def _goals(records:list, table, p:str) -> str:
     "Per arm, means over seeds: the goals' metrics, the training cost with and without the teacher, and the precision and energy counter as run."
@@ -406,6 +486,14 @@ def _goals(records:list, table, p:str) -> str:
     return html_table(pd.DataFrame([{'arm': arm, **{c: fmt(arm_mean(table, p + m, arm), 3) for c, m in _COLUMNS},
                                      'precision that ran': ran(arm, 'precision_used'), 'energy counter': ran(arm, 'energy_counter')}
                                     for arm in table.arm.unique()]))
+
+def _probe_table(records:list, p:str) -> str:
+    "Per teacher layer, the linear-probe accuracy the scored arm measured (the same teacher in every seed) and whether it was chosen."
+    recs = [r for r in records if r['arm'] == 'scored_fp32' and p + 'probe_scores' in r.get('series', {})]
+    if not recs: return ''
+    scores, chosen = recs[0]['series'][p + 'probe_scores'], recs[0]['info'].get(p + 'chosen_layers', '')
+    return html_table(pd.DataFrame(dict(teacher_layer=range(len(scores)), probe_accuracy=[fmt(s, 3) for s in scores],
+                                        chosen=[str(k) in chosen.split(',') for k in range(len(scores))])))
 
 def sections(records:list, # the runner's records
              table, # the long results table (`runner.results_table`)
@@ -423,12 +511,16 @@ def sections(records:list, # the runner's records
     for n, (p, t) in enumerate(halves):
         seed_curves(records, p + 'loss_curve', fig.add_subplot(1, len(halves), n + 1), "training loss (arm's own objective)").set_title(t, fontsize=9)
     fig.tight_layout()
-    return [("Goals, and the teachers' one-off cost", goals), ('Training curves', fig_to_img(fig))]
+    probes = ''.join(f'<h4>{esc(t)}</h4>{tab}' for p, t in halves if (tab := _probe_table(records, p)))
+    probe = [('Layers chosen by a probe', '<p class="muted">scored_fp32 distils the teacher layers (stages) whose pooled states a logistic '
+              "regression separates best: fitted on 3/4 of the students' training examples (not augmented), scored on the other 1/4; the "
+              'evaluation set is never read.</p>' + probes)] if probes else []
+    return [("Goals, and the teachers' one-off cost", goals), *probe, ('Training curves', fig_to_img(fig))]
 
 # %% ../../nbs/40_distill.ipynb #c057
 def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
         ) -> Spec:
-    "Selective-layer distillation with reduced precision: six arms paired by seed."
+    "Selective-layer distillation with reduced precision: seven arms paired by seed."
     a = arms(profile)['last3_fp32']
     p, v, q = a['parts']['nlp'], a['parts']['vision'], task_params('quick')['vision']
     mparams = {f.__name__: f'{count_params(f(10, v["width"])) / 1e6:.2f}M' for f in (resnet50, resnet18)}
@@ -451,6 +543,10 @@ def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
         "per seed (a bottleneck block holds no weights of a basic block's shape).",
         'Stand-ins without the parquet mirror: Shakespeare comedy vs tragedy passages for SST-2, scikit-learn digits (1,437 training '
         'images) for CIFAR-10, named in the Data section. Evaluation: the SST-2 validation split (the GLUE test labels are hidden).',
+        f"scored_fp32 distils the {PROBE_K} teacher layers (stages) with the highest linear-probe accuracy on the students' training examples "
+        "(logistic regression on pooled states, 3/4 fit, 1/4 scored; the evaluation set is never read), paired with the student's layers as "
+        "last3 pairs its three; the probe's seconds are charged to train_time_with_teacher_s. Where the probe picks the last 3, the two arms "
+        "are one and scored-beats-last3 is uninformative.",
         "Only the loss (its weights: the arms' params) and precision differ between arms. 'mixed' resolves in fit from the run's device "
         "(fp16 + scaler on CUDA, bf16 on CPUs with native bf16, else fp32; recorded as precision_used); if fp32, the precision claims are gated out.",
         'Arms left out to fit 15 minutes: all-layers and every-other in mixed precision. Energy: NVML on CUDA, RAPL on the CPU, where '
@@ -460,4 +556,4 @@ def spec(profile:str='quick', # 'smoke', 'quick', 'full' or 'dryrun'
     return Spec('distill', 'Does selective-layer distillation with reduced precision give a student close to the teacher at a '
                 'fraction of the compute?', arms(profile), 'alone_fp32', METRICS, claims(), fit,
                 plan='003_1d7d88850547e495.txt', datasets=[('sst2', 'train', None), ('sst2', 'validation', None), ('cifar10', 'train', None),
-                ('cifar10', 'test', None)], notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'), version=4)  # 4: matched augmentation (views), selective-faster; 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
+                ('cifar10', 'test', None)], notes=notes, sections=sections, tradeoff=('train_time_s', 'accuracy'), version=5)  # 5: the scored arm (layers chosen by a linear probe); 4: matched augmentation (views), selective-faster; 2: the vision half; 3: 'mixed' resolved in fit, energy, majority-class rate, teacher caches per used layer
