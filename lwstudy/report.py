@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from . import runner, stats
-from .core import atomic_write, project_root
+from .core import atomic_write, check_choice, project_root
 from .runner import CALIBRATION, Spec, Store, available_techniques, get_spec, paired, results_table
 
 # %% auto #0
@@ -271,8 +271,10 @@ def seed_curves(records:list[dict], # the runner's records (`Store.records`)
                 ylabel:str|None=None, xlabel:str='step',
                 x_key:str|None=None, # another series giving the x values (default 1, 2, ...)
                 arms=None, # which arms, in order (default: as found in the records)
+                band:str='minmax', # 'minmax' over seeds, or 'sem': mean ± its standard error
                ):
-    "Mean over seeds of series `key` per arm with a min-max band; returns the Axes."
+    "Mean over seeds of series `key` per arm with a min-max (or ± SEM) band; returns the Axes."
+    check_choice('band', band, ('minmax', 'sem'))
     if ax is None: ax = Figure(figsize=(6, 3.6)).add_subplot(1, 1, 1)
     by = {}
     for r in records:
@@ -284,7 +286,9 @@ def seed_curves(records:list[dict], # the runner's records (`Store.records`)
         c = np.array([r['series'][key][:n] for r in rs], dtype=float)
         x = np.asarray(rs[0]['series'][x_key][:n], dtype=float) if x_key else np.arange(1, n + 1)
         line, = ax.plot(x, c.mean(0), label=f'{arm} (mean of {len(c)} seeds)')
-        if len(c) > 1: ax.fill_between(x, c.min(0), c.max(0), color=line.get_color(), alpha=0.2, lw=0)
+        sem = c.std(0, ddof=1) / np.sqrt(len(c)) if len(c) > 1 else 0
+        lo, hi = (c.min(0), c.max(0)) if band == 'minmax' else (c.mean(0) - sem, c.mean(0) + sem)
+        if len(c) > 1: ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel or key); ax.grid(alpha=0.3)
     if ax.lines: ax.legend(fontsize=8)
     return ax

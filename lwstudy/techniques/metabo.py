@@ -461,7 +461,7 @@ def _notes(profile:str, p:dict) -> list[str]:
         "from the run's own seed (a real tuner's noisy evaluation), and every arm is scored on the configuration's mean (its true quality: "
         f"the best known, the tolerance and the incumbent's regret); {p['budget']} trials per run, {p['reps']} runs per runner seed and task. "
         f"metabo_loco holds out {', '.join(SAME_CORPUS)} together (one corpus) when one of them is the target.",
-        'CoNLL-2003 NER (in the plan) is not included: the data registry has no token-classification dataset.',
+        'CoNLL-2003 NER (in the plan) is not included in any profile: it cannot be mirrored (Reuters licence), and no token-classification fidelity is built.',
         'Without the parquet mirror every task is a Shakespeare stand-in and the six two-class tasks are the same stand-in task (comedy vs '
         'tragedy) on different slices, which flatters transfer between tasks.']
 
@@ -518,10 +518,10 @@ def sections(records:list, table) -> list: # the technique's stored records; its
     fig = Figure(figsize=(16, 2.8 * (nrows := 1 + math.ceil(len(tasks) / 4))))  # the mean over tasks, then four tasks a row
     for i, (key, title) in enumerate([('regret', 'mean over held-out tasks')] + [(f'regret_{t}', t) for t in tasks]):
         ax = fig.add_subplot(nrows, 1, 1) if i == 0 else fig.add_subplot(nrows, 4, 4 + i)
-        seed_curves(records, key, ax, 'normalised regret', 'trial', arms=arms).set_title(title, fontsize=10)
+        seed_curves(records, key, ax, 'normalised regret', 'trial', arms=arms, band='sem').set_title(title, fontsize=10)
     fig.tight_layout()
     out = [('Regret vs trial', '<p class="muted">Normalised regret (best known − best so far) / (best known − worst) on the '
-            "validation slice; lines: mean over runner seeds of each cell's mean over its runs, bands: min-max over seeds. "
+            "validation slice; lines: mean over runner seeds of each cell's mean over its runs, bands: ± SEM over seeds (Syne Tune style). "
             f'Plain BO and random search share their first {N_STARTUP} proposals (same seed, same random start), bo_short the first '
             f"{records[0]['params']['n_warm']}.</p>" + fig_to_img(fig))]
     g = pd.DataFrame([dict(task=t, arm=r['arm'], **v) for r in records for t, v in r['series']['per_task'].items()]).groupby(['task', 'arm'])
