@@ -291,8 +291,10 @@ def _timed(evaluate, cfg:dict) -> dict: # configuration -> scores; one configura
 def _timed_head(feats:dict, job:tuple) -> dict: return _timed(lambda cfg: evaluate_head(feats, cfg, *job[1:]), job[0])  # (cfg, hidden, seed)
 
 def table_row(runs:list) -> dict: # one configuration's evaluations, one per training seed
-    "The mean over training seeds of every score (the configuration's true quality) and the per-seed validation accuracies (`val_runs`)."
-    return dict({k: float(np.mean([r[k] for r in runs])) for k in runs[0]}, val_runs=[float(r['val_accuracy']) for r in runs])
+    "The mean over training seeds of every number (the configuration's true quality), each text as run (e.g. the precision), and the per-seed validation accuracies (`val_runs`)."
+    num = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+    return dict({k: float(np.mean([r[k] for r in runs])) if num(runs[0][k]) else ', '.join(sorted({str(r[k]) for r in runs})) for k in runs[0]},
+                val_runs=[float(r['val_accuracy']) for r in runs])
 
 def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm (space, sizes, fidelity, model); the profile
                 feats:dict, evaluator=None, workers:int|None=None) -> dict: # `task_features`; (cfg, seed) -> scores (default: the fidelity's); heads' processes
