@@ -493,8 +493,9 @@ class Store:
         _release(self.lock_path(c))
 
     def sweep(self, technique:str, profile:str) -> list[Path]:
-        "Remove orphaned temp files (older than a minute) from a technique/profile folder."
-        return sweep_tmp(self.folder(technique, profile))
+        "Remove orphaned temp files (older than a minute) and the stale locks of dead runs (`_take_over`) from a technique/profile folder."
+        stale = [lock for lock in self.folder(technique, profile).glob('*.lock') if lock not in _HELD and _lock_stale(lock) and _take_over(lock)]
+        return sweep_tmp(self.folder(technique, profile)) + stale  # a run killed between storing a record and releasing its lock leaves one
 
 def _cell_of(r:dict) -> Cell: return Cell(r['technique'], r['arm'], r['seed'], r['profile'], r['param_hash'])
 
