@@ -19,7 +19,7 @@ from ..report import esc, fig_to_img, fmt, html_table, seed_curves
 from ..runner import Claim, Gate, Metric, Spec, arm_mean, gate_above, gate_all, gate_info, gate_mean, part_params
 from ..teacher import (batch_inputs, beside_metrics, beside_teacher, cached_model, cached_outputs, cached_state, teacher_cost,
                              train_ce, train_indexed)
-from ..train import ValTracker, resolve_precision, to_device
+from ..train import ValTracker, evaluate, resolve_precision, to_device
 
 # %% auto #0
 __all__ = ['LAYER_SCHEMES', 'PROBE_K', 'VIEW_SEED', 'CURVE_N', 'NLP_FULL', 'VISION_FULL', 'SPEEDUP_GOAL', 'RETENTION_GOAL',
@@ -252,15 +252,11 @@ def distill_loss_fn(student:nn.Module, proj:nn.ModuleDict, # one projection per 
 CURVE_N = 512  # held-out training-distribution examples the students-alone learning curve is measured on
 def heldout_scores(model:nn.Module, data, rows:list, # `Tokens` or `Images` and the examples scored
                    batch_size:int, device:str) -> dict:
-    "Accuracy and mean cross-entropy of `model` (eval mode, fp32) on examples `rows` of `data`."
-    model.eval()
-    correct = loss = 0.0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            args, y, _ = data.inputs(rows[i:i + batch_size])
-            logits = model(*to_device(args, device)).float(); y = y.to(logits.device)
-            correct += (logits.argmax(1) == y).sum().item(); loss += F.cross_entropy(logits, y, reduction='sum').item()
-    return dict(accuracy=correct / len(rows), loss=loss / len(rows))
+    "Accuracy and mean cross-entropy of `model` (eval mode, fp32) on examples `rows` of `data` (`train.evaluate` over index batches)."
+    def forward(m, b):
+        args, y, _ = data.inputs(b[0].tolist())
+        return m(*to_device(args, device)), y
+    return evaluate(model, [(torch.tensor(rows[i:i + batch_size]),) for i in range(0, len(rows), batch_size)], forward=forward, device=device)
 
 def distill_student(student:nn.Module, teacher:nn.Module, cached:dict|None, # None: trained alone
                     data, params:dict, # `Tokens` or `Images`; the part's params (sizes, lr, loss weights, precision)
