@@ -170,7 +170,7 @@ def eval_point(opt):
 def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=classify_loss, callbacks=(),
           precision:str='fp32', # a policy or precision (see `resolve_precision`)
           device:str|None=None, progress:bool=False,
-          channels_last:bool=False, # model and 4-d float inputs in channels_last (CNNs)
+          channels_last:bool=False, # model and 4-d float inputs in channels_last while training (CNNs); the usual layout after
          ) -> TrainState:
     "Train `model` on `loader` for `epochs` (or until `max_steps`); returns the final `TrainState`."
     device = device or current_device()
@@ -205,6 +205,7 @@ def train(model, loader, opt, *, epochs:int=1, max_steps:int|None=None, loss_fn=
     sync(device)
     state.train_s = time.perf_counter() - t0
     set_train_mode(opt, False)  # schedule-free: the parameters now hold the evaluation point
+    if channels_last: model.to(memory_format=torch.contiguous_format)  # measurements after training see the usual layout
     state.history
     for cb in callbacks: cb.after_fit(state)
     if bar: bar.close()

@@ -90,7 +90,8 @@ def test_report_warns_when_fewer_seeds_are_stored_than_asked(home):
 def test_ctrl_c_keeps_the_computed_cells_in_one_line(home):
     with technique_module(body='import time; time.sleep(2)') as name:  # 80 cells x 2 s: the signal lands mid-run even on a loaded host
         proc = subprocess.Popen([sys.executable, '-c', MAIN, 'run', name, '--profile', 'smoke', '--seeds', '40'], cwd=home,
-                                env={**os.environ, 'LWSTUDY_HOME': str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env={**os.environ, 'LWSTUDY_HOME': str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job (`make test &`) ignores SIGINT: Python would inherit that
         deadline = time.time() + 240
         while len(stored(home, name)) < 2 and time.time() < deadline and proc.poll() is None: time.sleep(0.1)
         proc.send_signal(signal.SIGINT)

@@ -221,7 +221,6 @@ def _run_part(part:str, # 'cnn' or 'tf': the metric prefix
     prec = resolve_precision(p['precision'], dev)  # from the run's device; the cost measurements below stay fp32
     state = train(model, make_loader(x, y, batch_size=p['batch_size'], seed=seed), torch.optim.Adam(model.parameters(), lr=p['lr']),
                   epochs=p['epochs'], precision=prec, channels_last=part == 'cnn')  # CNN steps 1.4-1.8x faster (bench/throughput.out)
-    model.to(memory_format=torch.contiguous_format)  # the kernels and measurements below take the usual layout
     if any(int((m.weight[m.mask == 0] != 0).sum()) for m in sparse_layers(model)):
         raise RuntimeError(f'{part}: a masked weight became non-zero during training')
     scores = evaluate(model, make_loader(xt, yt, batch_size=256, shuffle=False), precision=prec)

@@ -19,7 +19,7 @@ from ..train import (CosineWarmup, FixedLR, GpuUtil, PlateauLR, ReplayLR, Schedu
                            make_loader, resolve_precision, schedule_free_adamw, train)
 
 # %% auto #0
-__all__ = ['RULE', 'SCHEDULES', 'CONTROLS', 'SCHEDULE_KW', 'TABLES', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
+__all__ = ['RULE', 'SCHEDULES', 'CONTROLS', 'SCHEDULE_KW', 'TABLES', 'VERSION', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
            'OVERHEAD_MAX', 'CHANCE', 'LEARN_MARGIN', 'PRIMARY_TASK', 'batch_entropy', 'UncertaintyLR', 'make_scheduler',
            'matched_decay', 'run_schedule', 'run_settings', 'cifar_task', 'imdb_task', 'squad_task', 'task_params',
            'rule_decisions', 'fit', 'rule_gate', 'spec', 'sections']
@@ -280,6 +280,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         every=(10, 2), eval_every=(1000, 2),         # steps per rule window, between validation passes
         target=0.7,                                  # validation F1 defining steps to target (a round guess)
         step_decay=0.9))                             # the rule's factor (no pilot)
+VERSION = 5  # the spec's version (the markdown above); also in the rule traces' cache keys
 PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
 CPU_BATCH = dict(imdb=1, squad_v2=1)  # dryrun on the CPU: the BERT tasks' batch (slices shrink with it), so steps take seconds
 
@@ -298,7 +299,8 @@ def rule_decisions(task:str, params:dict, seed:int, profile:str, # the cell (any
                   ) -> list:
     "The uncertainty arm's decision trace for `task` and `seed`, on disk: stored by its cell, else recomputed (training is deterministic)."
     p = part_params(dict(params, schedule='uncertainty', schedule_kw=SCHEDULE_KW['uncertainty']), task)
-    key = dict(p, seed=seed, profile=profile, device=str(current_device()), threads=torch.get_num_threads(), data=str(data_dir()))
+    key = dict(p, seed=seed, profile=profile, device=str(current_device()), threads=torch.get_num_threads(), data=str(data_dir()),
+               version=VERSION)  # a trace of older code is not this code's
     run = lambda: decisions if decisions is not None else TASKS[task](p, seed, profile)['decisions']
     return disk_cached('uncertainty_lr', key, lambda: [list(d) for d in run()], tag=f'rule_{task}_seed{seed}')
 
@@ -420,7 +422,7 @@ def spec(profile:str='quick') -> Spec:
                 [m for t in tasks for m in _metrics(t)], [c for t in tasks for c in _claims(t)], fit,
                 plan='004_1159396139044005.txt', datasets=datasets, notes=notes, sections=sections,
                 tradeoff=(f'{PRIMARY_TASK}_train_time_s', _quality(PRIMARY_TASK)),
-                version=5)  # the versions: the markdown above
+                version=VERSION)
 
 # %% ../../nbs/50_uncertainty_lr.ipynb #c047
 def sections(records:list, table) -> list:  # the stored records; the results table (unused)
