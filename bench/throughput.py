@@ -19,12 +19,13 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
 import torch
 import torch.nn.functional as F
+from lwstudy.core import cpu_flags
 from lwstudy.measure import count_flops, time_it
 from lwstudy.train import Callback, autocast, make_loader, make_optimizer, resolve_precision, train, _native_bf16
 
 TRANSFORMER, CNN = 'Transformer', 'CNN'
 PRECS = ('fp32', 'bf16') if _native_bf16() else ('fp32',)  # without native bf16 the CPU emulates it (~0.3 GFLOP/s GEMM): not timed
-AVX512 = 'avx512f' in open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else True
+AVX512 = 'avx512f' in cpu_flags()
 # channels_last only where AVX-512 runs it: on AVX2-only hosts oneDNN's 1x1-conv backward-weights kernel in channels_last
 # hung at random in ResNet training (torch 2.13, 2026-12-02), so the study uses it for the 3x3-conv SmallCNNs only
 LAYOUTS = ('nchw', 'channels_last') if AVX512 else ('nchw',)

@@ -14,8 +14,8 @@ import torch
 __all__ = ['PROFILES', 'DEFAULT_PROFILE', 'DEVICES', 'SHARD_BYTES', 'PACKAGES', 'BF16_FLAGS', 'BadInput', 'check_choice',
            'by_profile', 'seed_everything', 'make_generator', 'resolve_device', 'set_device', 'current_device',
            'param_hash', 'project_root', 'cache_dir', 'atomic_write', 'sweep_tmp', 'move_aside', 'check_writable',
-           'cache_path', 'disk_cached', 'disk_cached_rows', 'git_commit', 'package_versions', 'native_bf16',
-           'device_name', 'environment', 'parallel_imap']
+           'cache_path', 'disk_cached', 'disk_cached_rows', 'git_commit', 'package_versions', 'cpu_flags',
+           'native_bf16', 'device_name', 'environment', 'parallel_imap']
 
 # %% ../nbs/00_core.ipynb #c005
 class BadInput(ValueError):
@@ -241,13 +241,17 @@ def package_versions(names=PACKAGES) -> dict:
     return {n: version(n) for n in names}
 
 @functools.cache
+def cpu_flags(cpuinfo:str='/proc/cpuinfo', # where the CPU's flags are listed
+             ) -> frozenset:
+    "The instruction-set flags of the CPU (the `flags` lines of `cpuinfo`; not `bugs` or `vmx flags`); empty when unreadable."
+    try: text = Path(cpuinfo).read_text(errors='replace')
+    except OSError: return frozenset()
+    return frozenset(f for line in text.splitlines() if line.partition(':')[0].strip() == 'flags' for f in line.partition(':')[2].split())
+
 def native_bf16(cpuinfo:str='/proc/cpuinfo', # where the CPU's flags are listed
                ) -> bool:
     "Whether the CPU computes bf16 natively (`avx512_bf16` or `amx_bf16` among its flags); False when unreadable."
-    try: text = Path(cpuinfo).read_text(errors='replace')
-    except OSError: return False
-    flags = {f for line in text.splitlines() if line.startswith('flags') and ':' in line for f in line.split(':', 1)[1].split()}
-    return any(f in flags for f in BF16_FLAGS)
+    return bool(cpu_flags(cpuinfo) & set(BF16_FLAGS))
 
 def device_name(device:str) -> str:
     "A human name for the device: the GPU's model, or the CPU's with its thread count."

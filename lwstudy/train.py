@@ -11,15 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from .core import BadInput, check_choice, current_device, make_generator
+from .core import BadInput, check_choice, current_device, make_generator, native_bf16
 from .measure import sync
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'BF16_FLAGS', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast',
-           'TrainState', 'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer',
-           'set_train_mode', 'eval_point', 'train', 'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup',
-           'PlateauLR', 'ReplayLR', 'StepDecay', 'schedule_free_adamw', 'WindowMean', 'GpuUtil', 'ValTracker',
-           'predict', 'classification_scores', 'evaluate']
+__all__ = ['PRECISIONS', 'PRECISION_POLICIES', 'ADAMW_IMPLS', 'make_loader', 'resolve_precision', 'autocast', 'TrainState',
+           'Callback', 'to_device', 'to_channels_last', 'classify_loss', 'make_optimizer', 'set_train_mode',
+           'eval_point', 'train', 'warmup_lr', 'WarmupLinear', 'Scheduler', 'FixedLR', 'CosineWarmup', 'PlateauLR',
+           'ReplayLR', 'StepDecay', 'schedule_free_adamw', 'WindowMean', 'GpuUtil', 'ValTracker', 'predict',
+           'classification_scores', 'evaluate']
 
 # %% ../nbs/03_train.ipynb #c005
 def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop_last:bool=False) -> DataLoader:
@@ -30,20 +30,11 @@ def make_loader(*tensors, batch_size:int=64, shuffle:bool=True, seed:int=0, drop
 # %% ../nbs/03_train.ipynb #c006b
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 PRECISION_POLICIES = ('auto', 'mixed', *PRECISIONS)
-BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
-
-def _cpu_native_bf16(cpuinfo:str|Path='/proc/cpuinfo', # the file listing the CPU's flags
-                    ) -> bool:
-    "Whether the `flags` lines of `cpuinfo` name a native bf16 instruction set (False when unreadable)."
-    try: text = Path(cpuinfo).read_text()
-    except OSError: return False
-    flags = {f for line in text.splitlines() if line.partition(':')[0].strip() == 'flags' for f in line.partition(':')[2].split()}
-    return bool(flags & set(BF16_FLAGS))
+_cpu_native_bf16 = native_bf16  # `core.native_bf16` reads the flags of a cpuinfo file
 
 def _native_bf16() -> bool:
-    "core.native_bf16 where core has it, else the flags in /proc/cpuinfo."
-    from lwstudy import core
-    return core.native_bf16() if hasattr(core, 'native_bf16') else _cpu_native_bf16()
+    "Whether this host computes bf16 natively (`core.native_bf16`; tests replace this to play another host)."
+    return native_bf16()
 
 def _device_type(device) -> str:
     "'cpu' or 'cuda' for a device name ('cuda:1') or `torch.device`."

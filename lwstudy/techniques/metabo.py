@@ -307,14 +307,14 @@ def build_table(task:str, params:dict, profile:str, # a name in `TASKS`; an arm 
     common = dict(task=task, source=feats['source'], space=space, sizes=sizes, fidelity=params['fidelity'], model=params['model'], version=TABLE_VERSION)
     memo = None if evaluator else (str(cache_dir()), param_hash(dict(common, seeds=params['table_seeds'])))  # a test's evaluator: never memoised
     keys = {(i, s): dict(common, idx=list(i), seed=s) for s in range(params['table_seeds']) for i in grid_indices(space)}
-    if memo in _READ and not cache_path('metabo', next(iter(keys.values())), tag).exists(): del _READ[memo]  # the cache was cleared
-    todo = [] if memo in _READ else [j for j, k in keys.items() if not cache_path('metabo', k, tag).exists()]
+    hit = memo in _READ and cache_path('metabo', next(iter(keys.values())), tag).exists()  # a cleared cache recomputes
+    todo = [] if hit else [j for j, k in keys.items() if not cache_path('metabo', k, tag).exists()]
     run = lambda j: _timed(lambda cfg: evaluate(cfg, j[1]), config_of(space, j[0]))
     fresh = (parallel_imap(_timed_head, [(config_of(space, i), sizes['hidden'], s) for i, s in todo], shared=feats, workers=workers)
              if head and not evaluator else (run(j) for j in todo))  # single-threaded heads run one per core (`core.parallel_imap`)
     for j, res in zip(todo, fresh): disk_cached('metabo', keys[j], lambda: res, tag)  # stored as each finishes
     def recompute(j): todo.append(j); return run(j)  # a file `disk_cached` found unreadable
-    runs = _READ.get(memo) or {j: disk_cached('metabo', k, lambda: recompute(j), tag) for j, k in keys.items()}
+    runs = _READ[memo] if hit else {j: disk_cached('metabo', k, lambda: recompute(j), tag) for j, k in keys.items()}
     if memo: _READ[memo] = runs
     rows = {i: table_row([runs[(i, s)] for s in range(params['table_seeds'])]) for i in grid_indices(space)}
     feature_s = float(feats['feature_s']) if head else 0.0  # the features feed the head; in `full` only the meta-features
