@@ -13,7 +13,7 @@ from .data import Tokens, unpack
 from .measure import inference_ms, require_memory, require_training_memory, time_it
 from .models import count_params, hidden_shapes, hidden_states, model_logits
 from .runner import Metric
-from .train import WarmupLinear, classification_scores, to_device, train
+from .train import WarmupLinear, classification_scores, make_optimizer, to_device, train
 
 # %% auto #0
 __all__ = ['batch_inputs', 'ce_loss', 'train_indexed', 'train_ce', 'teacher_logits', 'cached_hidden', 'cached_state',
@@ -46,7 +46,7 @@ def train_indexed(model:nn.Module, data, loss_fn, # the model, `Tokens` or `Imag
                   wd:float=0.01, precision:str='fp32', # AdamW weight decay; `train.train`'s precision
                   callbacks=()): # more `train.Callback`s after the LR schedule (e.g. a `train.ValTracker`)
     "`train.train` on index batches: AdamW over the trainable parameters, a linear decay from `lr` over `steps`; the final `TrainState`."
-    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=lr, weight_decay=wd)
+    opt = make_optimizer(model, lr, weight_decay=wd)  # the trainable parameters, fused
     loader = data.train_batches(len(data) if n is None else n, batch_size, seed, steps=steps)
     return train(model, loader, opt, max_steps=steps, loss_fn=loss_fn, callbacks=[WarmupLinear(lr, 0, steps), *callbacks], precision=precision, device=device)
 

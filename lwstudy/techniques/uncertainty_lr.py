@@ -16,7 +16,7 @@ from ..models import bert_tokenizer, count_params, from_config_or_pretrained, pr
 from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..text import FrozenLowerClassifier, TopClassifier, lower_states, qa_loss, squad_features, squad_frames, squad_scores, text_forward, text_loss
 from ..train import (CosineWarmup, FixedLR, GpuUtil, PlateauLR, ReplayLR, Scheduler, StepDecay, ValTracker, WindowMean, evaluate,
-                           make_loader, resolve_precision, schedule_free_adamw, train)
+                           make_loader, make_optimizer, resolve_precision, schedule_free_adamw, train)
 
 # %% auto #0
 __all__ = ['RULE', 'SCHEDULES', 'CONTROLS', 'SCHEDULE_KW', 'TABLES', 'VERSION', 'PRECISION', 'CPU_BATCH', 'TASKS', 'TASK_METRICS',
@@ -124,7 +124,7 @@ def run_schedule(model, # the model to train (in place)
                 ) -> dict:
     "Train `model` with Adam under `p['schedule']` for `p['steps']` steps; metrics and traces."
     qs, sf = [q for q in model.parameters() if q.requires_grad], p['schedule'] == 'schedulefree'
-    opt = schedule_free_adamw(qs, p['lr'], round(p['schedule_kw']['warmup_frac'] * p['steps'])) if sf else torch.optim.Adam(qs, lr=p['lr'])
+    opt = schedule_free_adamw(qs, p['lr'], round(p['schedule_kw']['warmup_frac'] * p['steps'])) if sf else make_optimizer(qs, p['lr'], weight_decay=0.0)
     sched = make_scheduler(p['schedule'], p['steps'], p['every'], p['schedule_kw'], p.get('decisions'), p.get('step_decay'))
     val = ValTracker(evaluate_fn, p['eval_every'], p['target'], p['steps'], schedulers=[sched], score=score)
     mon, gpu = WindowMean(lambda st: batch_entropy(st.logits), p['every']), GpuUtil(p['every'])
@@ -280,7 +280,7 @@ TABLES = dict(  # per task, one line per setting: (smoke, quick, full, dryrun), 
         every=(10, 2), eval_every=(1000, 2),         # steps per rule window, between validation passes
         target=0.7,                                  # validation F1 defining steps to target (a round guess)
         step_decay=0.9))                             # the rule's factor (no pilot)
-VERSION = 5  # the spec's version (the markdown above); also in the rule traces' cache keys
+VERSION = 6  # the spec's version (the markdown above); also in the rule traces' cache keys
 PRECISION = 'auto'  # every arm and task (a shared key): train.resolve_precision in each cell, bf16 where native, else fp32
 CPU_BATCH = dict(imdb=1, squad_v2=1)  # dryrun on the CPU: the BERT tasks' batch (slices shrink with it), so steps take seconds
 
