@@ -99,10 +99,11 @@ def test_dryrun_cell_runs_offline(no_mirror):
 def test_smoke_run_and_report(home):
     from lwstudy.study import experiment
     res = experiment('sparse', 'smoke', seeds=2, progress=False)
-    assert res.computed == 8 and res.report.exists()
+    assert res.computed == 2 * len(S.ARMS) and res.report.exists()
     t = res.table
     frac = t[(t.metric == 'cnn_params_frac')].groupby('arm').value.mean()
     assert frac['dense'] == 1.0 and frac['block4_50'] < 1 and frac['block32_90'] < frac['block4_50']
+    assert frac['gmp_block4_50'] == frac['block4_50'] and frac['gmp_block32_90'] == frac['block32_90']  # pruned to the same tiles
     assert (t[t.metric == 'tf_test_accuracy'].value.between(0, 1)).all()
     page = res.report.read_text()
     assert 'Theory vs reality' in page and 'Kernel sweep' in page and 'Goal' in page
