@@ -61,6 +61,11 @@ bench-study: install  ## the whole study from scratch in a temporary home, per t
 bench-throughput: install  ## training step throughput against this host's roofs, and lwstudy.train vs transformers.Trainer (issue 15)
 	$(ACT) python bench/throughput.py $(if $(QUICK),--quick)
 
+.PHONY: bench-sparse
+bench-sparse: install  ## sparse kernels vs dense (bench/sparse.out), then the model-level sparsity sweep (bench/sparse_sweep.out); re-render the sparse report after
+	$(ACT) python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 --blocks 1,4,32 --train | tee bench/sparse.out
+	$(ACT) python bench/sparse_sweep.py --profile $(PROFILE) | tee bench/sparse_sweep.out
+
 .PHONY: gpu-check
 gpu-check: install  ## every technique's dryrun (full's models and code path, 2 steps) on CUDA; results and reports under results/gpu-check/
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check needs a CUDA GPU (nvidia-smi found none); the tests never need one"; exit 2; }

@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .core import BadInput, check_choice, current_device
 
 # %% auto #0
-__all__ = ['MEMORY_PLACES', 'sync', 'time_it', 'PeakTensorMemory', 'peak_memory_mb', 'count_flops', 'fmt_bytes',
-           'available_bytes', 'require_memory', 'energy_counter', 'measure_energy', 'inference_ms',
+__all__ = ['MEMORY_PLACES', 'sync', 'time_it', 'PeakTensorMemory', 'peak_memory_mb', 'training_state_mb', 'count_flops',
+           'fmt_bytes', 'available_bytes', 'require_memory', 'energy_counter', 'measure_energy', 'inference_ms',
            'require_training_memory']
 
 # %% ../nbs/04_measure.ipynb #c005
@@ -93,6 +93,17 @@ def peak_memory_mb(fn, device:str|None=None) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 1e6
     with PeakTensorMemory() as m: fn()
     return m.peak_mb
+
+# %% ../nbs/04_measure.ipynb #89b3c5b9
+def training_state_mb(model:torch.nn.Module, # its parameters, their gradients and its buffers count
+                      opt:torch.optim.Optimizer|None=None, # its per-parameter state counts (Adam's moments, step counters)
+                     ) -> float:
+    "MB (10^6 bytes) that training keeps between steps: parameters, gradients, buffers and optimiser state, each storage once."
+    params = list(model.parameters())
+    tensors = [*params, *(p.grad for p in params if p.grad is not None), *model.buffers(),
+               *(v for s in (opt.state.values() if opt else ()) for v in s.values() if torch.is_tensor(v))]
+    storages = {s.data_ptr(): s.nbytes() for t in tensors for s in (p.untyped_storage() for p in PeakTensorMemory.parts(t))}
+    return sum(storages.values()) / 1e6
 
 # %% ../nbs/04_measure.ipynb #c015
 from torch.utils import flop_counter as _fc

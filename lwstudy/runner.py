@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_runner.ipynb #c002
 from __future__ import annotations
-import ast, datetime as dt, functools, importlib, importlib.util, json, operator, os, socket, sys, threading, time, uuid
+import ast, contextlib, datetime as dt, functools, importlib, importlib.util, json, operator, os, signal, socket, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -399,8 +399,23 @@ def _heartbeat():
             try: os.utime(lock)
             except OSError: pass
 
+@contextlib.contextmanager
+def _no_interrupt():
+    "Hold back Ctrl-C until the block ends, so a lock is never left made but unregistered, or unregistered but not removed."
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None: yield; return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *a: got.append(a))
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got: signal.raise_signal(signal.SIGINT)  # delivered now, to the handler that was there
+
 def _acquire(lock:Path) -> bool:
     "Create `lock` atomically for this process (taking over a stale one); False when another live owner holds it."
+    with _no_interrupt(): return _create_lock(lock)
+
+def _create_lock(lock:Path) -> bool:
+    "`_acquire`'s work, run with Ctrl-C held back."
     if lock in _HELD: return False
     lock.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
@@ -417,9 +432,10 @@ def _acquire(lock:Path) -> bool:
     return False
 
 def _release(lock:Path):
-    "Remove `lock` if this process holds it (never one another run has since taken over)."
-    token = _HELD.pop(lock, None)
-    if token is not None and (_lock_owner(lock) or {}).get('token') == token: lock.unlink(missing_ok=True)
+    "Remove `lock` if this process holds it (never one another run has since taken over); a no-op otherwise."
+    with _no_interrupt():
+        token = _HELD.pop(lock, None)
+        if token is not None and (_lock_owner(lock) or {}).get('token') == token: lock.unlink(missing_ok=True)
 
 class Store:
     "A folder of per-cell JSON records, validated on read, each cell claimed by a lock file while it is computed."
@@ -574,7 +590,9 @@ def run(spec:Spec, # the experiment to run, as built
     try:
         if scheduler == 'local': _run_local(spec, todo, store, device, bar, stored)
         else: _run_dask(spec, todo, store, device, bar, stored, scheduler)
-    finally: bar.close()
+    finally:
+        bar.close()
+        for c in todo: store.release(c)  # a Ctrl-C between a claim and its try block must not leave the claim behind
     return done
 
 def _take(c:Cell, store:Store, bar) -> bool|None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from lwstudy.core import project_root
+from lwstudy.core import BadInput, project_root
 from lwstudy.techniques import sparse as S
 
 warnings.filterwarnings('ignore', message='.*Sparse.*')
@@ -59,13 +59,23 @@ def test_accuracy_gate_needs_dense_above_chance_and_a_small_standard_error():
     assert not g(small_test, [])[0]
 
 
+def test_check_arm_refuses_kernel_training_it_cannot_do():
+    csr = S.spec('smoke').arms['random_50']
+    assert csr['train_kernels']
+    S.check_arm(csr)
+    for bad in (dict(block=4), dict(mask='gmp'), dict(mask='rigl'), dict(sparsity=0.0)):  # a moving pattern cannot train with fixed CSR indices
+        with pytest.raises(BadInput, match='allowed: block 1'): S.check_arm(dict(csr, **bad))
+    with pytest.raises(BadInput, match="'magnitude'"): S.check_arm(dict(csr, mask='magnitude'))
+
+
 def _fake_table():
     rows = []
     for arm, t in (('dense', 1.0), ('random_50', 2.0), ('block4_50', 1.5), ('block32_90', 0.5)):
         for s in (0, 1):
             for p in ('cnn', 'tf'):
                 vals = dict(test_accuracy=0.6, chance=0.5, acc_over_chance=0.1, params_frac=0.5, flops_frac=0.5, infer_ms=10 * t,
-                            infer_masked_ms=10.0, infer_peak_mb=1.0, train_time_s=1.0, train_peak_mb=1.0, storage_mb=1.0)
+                            infer_masked_ms=10.0, infer_peak_mb=1.0, train_time_s=1.0, train_peak_mb=1.0, train_state_mb=1.0,
+                            storage_mb=1.0)
                 rows += [(arm, s, f'{p}_{k}', v) for k, v in vals.items()]
     return _table(rows)
 
@@ -76,9 +86,11 @@ def test_sections_use_the_table_and_escape_the_saved_sweep(home, monkeypatch):
     evil = '<script>alert(1)</script>'
     atomic_write(project_root()/S.BENCH_JSON, json.dumps(dict(when=evil, device=evil, repeats=evil, profile=evil, rows=[],
                                                               break_even=[evil, f'{evil} / CSR: breaks even at 90%'])))
+    atomic_write(project_root()/S.SWEEP_JSON, json.dumps(dict(when=evil, device=evil, profile=evil, seed=evil, rows=[],
+                                                              pareto={evil: [evil]}, break_even=[evil])))
     monkeypatch.setattr(report, 'claim_table', lambda *a, **k: pytest.fail('a report hook re-ran claim_table'))
     page = ''.join(h for _, h in S.sections([], _fake_table()))
-    assert '<script>' not in page and page.count('&lt;script&gt;') >= 6
+    assert '<script>' not in page and page.count('&lt;script&gt;') >= 12
     assert 'block32_90: speed-up 2.00x' in page  # dense 10 ms / 5 ms, from the table it was given
     assert 'Realised inference is slower than dense for:</b> CNN random_50 (0.50x), CNN block4_50 (0.67x)' in page
 
@@ -104,6 +116,9 @@ def test_smoke_run_and_report(home):
     frac = t[(t.metric == 'cnn_params_frac')].groupby('arm').value.mean()
     assert frac['dense'] == 1.0 and frac['block4_50'] < 1 and frac['block32_90'] < frac['block4_50']
     assert frac['gmp_block4_50'] == frac['block4_50'] and frac['gmp_block32_90'] == frac['block32_90']  # pruned to the same tiles
+    assert frac['rigl_90'] == frac['csr_90']  # RigL moves the pattern at constant sparsity
+    state = t[t.metric == 'cnn_train_state_mb'].groupby('arm').value.mean()  # CSR: values + int32 indices; masked dense adds a mask
+    assert state['csr_90'] < state['random_50'] < state['dense'] < state['block4_50']
     assert (t[t.metric == 'tf_test_accuracy'].value.between(0, 1)).all()
     page = res.report.read_text()
     assert 'Theory vs reality' in page and 'Kernel sweep' in page and 'Goal' in page
