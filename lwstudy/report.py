@@ -15,7 +15,7 @@ from .runner import CALIBRATION, Spec, Store, available_techniques, get_spec, pa
 
 # %% auto #0
 __all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values', 'is_timing', 'claim_gates', 'check_gates',
-           'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'fig_to_img',
+           'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'png_img', 'fig_to_img',
            'paired_plot', 'forest_plot', 'tradeoff_plot', 'seed_curves', 'esc', 'fmt', 'fmt_p', 'html_table',
            'claims_html', 'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html',
            'resolve_out_dir', 'page_claims', 'write_report', 'bench_section', 'sweep_figure']
@@ -167,10 +167,14 @@ def primary_family(profile:str, store:Store|None=None, seeds=None,
 # %% ../nbs/07_report.ipynb #c007
 VERDICT_COLOURS = dict(supported='#2e7d32', refuted='#c62828', inconclusive='#c89600', uninformative='#9e9e9e')
 
+def png_img(png:bytes) -> str:
+    "An <img> tag holding PNG bytes, embedded."
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+
 def fig_to_img(fig:Figure, dpi:int=110) -> str:
     "An <img> tag holding the figure as an embedded PNG."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+    return png_img(buf.getvalue())
 
 def paired_plot(spec:Spec, table:pd.DataFrame, metrics=None, ncols:int=3) -> Figure:
     "One panel per metric: each seed's values across arms joined by a line, arm means marked."

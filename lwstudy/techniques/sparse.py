@@ -6,13 +6,13 @@
 __all__ = ['MASKS', 'GMP', 'RANDOM', 'CSR', 'RIGL', 'ARMS', 'SPEED_GOAL', 'ACC_TOL', 'CHANCE_MARGIN', 'TRAIN_MEMORY_GOAL',
            'PRIMARY', 'BENCH_JSON', 'BENCH_PNG', 'SWEEP_JSON', 'SWEEP_PNG', 'check_tiling', 'tiles_to_mask',
            'make_mask', 'to_sparse_kernel', 'im2col', 'SparseLinear', 'SparseConv2d', 'prunable', 'sparsify',
-           'sparse_layers', 'use_kernels', 'train_kernels', 'magnitude_mask', 'gmp_level', 'GradualPruning',
-           'rigl_fraction', 'rigl_mask', 'RigL', 'theory', 'sparse_state_dict', 'storage_mb', 'EncoderBlock',
-           'TextEncoder', 'text_tensors', 'chance_stats', 'rep_name', 'check_arm', 'fit', 'sizes', 'random_twin',
-           'accuracy_gate', 'pareto_front', 'sections', 'spec']
+           'sparse_layers', 'use_kernels', 'train_kernels', 'tile_norms', 'magnitude_mask', 'gmp_level',
+           'GradualPruning', 'rigl_fraction', 'rigl_mask', 'RigL', 'theory', 'sparse_state_dict', 'storage_mb',
+           'EncoderBlock', 'TextEncoder', 'text_tensors', 'chance_stats', 'rep_name', 'check_arm', 'fit', 'sizes',
+           'random_twin', 'accuracy_gate', 'pareto_front', 'sections', 'spec']
 
 # %% ../../nbs/30_sparse.ipynb #c002
-import base64, copy, math
+import copy, math
 from dataclasses import replace
 from functools import cache
 import numpy as np
@@ -24,7 +24,7 @@ from ..core import BadInput, by_profile, check_choice, current_device, make_gene
 from ..data import image_tensors, load, scale_to_available, take
 from ..measure import count_flops, peak_memory_mb, time_it, training_state_mb
 from ..models import SmallCNN, bert_tokenizer, count_params, masked_mean_pool, state_dict_mb
-from ..report import bench_section, esc, fmt, html_table
+from ..report import bench_section, esc, fmt, html_table, png_img
 from ..runner import Claim, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
 from ..train import Callback, evaluate, make_loader, make_optimizer, resolve_precision, train
 
@@ -183,6 +183,13 @@ def train_kernels(model:nn.Module, # a model with CSR-patterned (block 1) sparse
 # %% ../../nbs/30_sparse.ipynb #8f4d8168
 MASKS = ('random', 'gmp', 'rigl')  # how a pattern is chosen: at random before training, by gradual magnitude pruning, or by RigL's prune-and-regrow
 
+def tile_norms(t:torch.Tensor, # a (rows, cols) matrix, both divisible by `block`
+               block:int=1, # tile side
+              ) -> torch.Tensor:
+    "The squared L2 norm of each `block` x `block` tile, flat and row-major over the tile grid (as `tiles_to_mask` indexes it)."
+    rows, cols = t.shape
+    return t.detach().float().reshape(rows // block, block, cols // block, block).square().sum((1, 3)).flatten()
+
 def magnitude_mask(w2d:torch.Tensor, # a weight as its (out, in*kh*kw) matrix
                    sparsity:float, # fraction of tiles to zero, in [0, 1)
                    block:int=1, # tile side: 1 = unstructured, b = b x b blocks
@@ -191,9 +198,8 @@ def magnitude_mask(w2d:torch.Tensor, # a weight as its (out, in*kh*kw) matrix
     "A float 0/1 mask zeroing the `round(sparsity * tiles)` tiles of `w2d` with the smallest L2 norm (`prior`'s zeros first)."
     rows, cols = w2d.shape
     check_tiling(rows, cols, sparsity, block)
-    tiles = lambda t: t.detach().float().reshape(rows // block, block, cols // block, block)
-    norms = tiles(w2d).square().sum((1, 3)).flatten()
-    if prior is not None: norms[tiles(prior).amin((1, 3)).flatten() == 0] = -1.0
+    norms = tile_norms(w2d, block)
+    if prior is not None: norms[tile_norms(prior, block) == 0] = -1.0  # a 0/1 mask's tiles are all 0 or all 1
     return tiles_to_mask(torch.argsort(norms, stable=True)[:int(round(sparsity * norms.numel()))], rows, cols, block)
 
 def gmp_level(frac:float, # progress through training: step / total steps
@@ -240,14 +246,12 @@ def rigl_mask(w2d:torch.Tensor, # a weight as its (out, in*kh*kw) matrix (zero w
               block:int=1, # tile side: 1 = unstructured, b = b x b blocks
              ) -> torch.Tensor:
     "Drop the `k` active tiles of smallest weight L2 norm; grow the `k` tiles inactive after the drop with the largest gradient L2 norm."
-    rows, cols = w2d.shape
-    norms = lambda t: t.detach().float().reshape(rows // block, block, cols // block, block).square().sum((1, 3)).flatten()
-    active = norms(mask2d) > 0
-    drop = torch.argsort(torch.where(active, norms(w2d), math.inf), stable=True)[:k]
+    active = tile_norms(mask2d, block) > 0
+    drop = torch.argsort(torch.where(active, tile_norms(w2d, block), math.inf), stable=True)[:k]
     keep = active.clone(); keep[drop] = False
-    grow = torch.argsort(torch.where(keep, -math.inf, norms(g2d)), descending=True, stable=True)[:k]
+    grow = torch.argsort(torch.where(keep, -math.inf, tile_norms(g2d, block)), descending=True, stable=True)[:k]
     keep[grow] = True
-    return tiles_to_mask(torch.nonzero(~keep).flatten(), rows, cols, block)
+    return tiles_to_mask(torch.nonzero(~keep).flatten(), *w2d.shape, block)
 
 class RigL(Callback):
     "RigL (Evci et al. 2020): at `events` steps of the window, replace the weakest active tiles by those with the largest dense gradient; sparsity stays fixed."
@@ -592,7 +596,7 @@ def _goal_html(per:dict) -> str:
 def _png_img(rel:str) -> str: # a saved figure's path under the project root
     "The figure as an inline <img>, or nothing when it was not saved."
     png = project_root()/rel
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"/>' if png.exists() else ''
+    return png_img(png.read_bytes()) if png.exists() else ''
 
 def _sweep_html() -> str:
     "bench/sparse.py's saved kernel sweep as it saved it (figure, break-even sparsities), or how to produce it (`report.bench_section`)."
