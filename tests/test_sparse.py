@@ -122,3 +122,19 @@ def test_smoke_run_and_report(home):
     assert (t[t.metric == 'tf_test_accuracy'].value.between(0, 1)).all()
     page = res.report.read_text()
     assert 'Theory vs reality' in page and 'Kernel sweep' in page and 'Goal' in page
+
+
+def test_csr_training_runs_under_bf16_autocast_in_fp32():
+    "MKL's CSR product has no bf16: under CPU autocast the CSR layers compute in fp32 and give the fp32 result and gradients."
+    import torch, torch.nn as nn
+    from lwstudy.train import autocast
+    torch.manual_seed(0)
+    model = S.train_kernels(S.sparsify(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 4)), 0.9, 1, 0))
+    x, layer = torch.randn(8, 16), model[2]
+    h = torch.randn(8, 32, dtype=torch.bfloat16)
+    with autocast('bf16', 'cpu'): got = layer(h)
+    want = layer(h.float())
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    with autocast('bf16', 'cpu'): loss = model(x).float().sum()
+    loss.backward()  # outside autocast, as `train` does
+    assert all(m.values.grad is not None and m.values.grad.dtype == torch.float32 for m in S.sparse_layers(model))

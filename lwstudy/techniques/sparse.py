@@ -94,9 +94,12 @@ class _Sparse(nn.Module):
     @property
     def masked_dense(self) -> bool: return self.kernel is None and self.values is None
     def product(self, x2d:torch.Tensor) -> torch.Tensor:
-        "The (out, rest) weight matrix times `x2d` (rest, N): through the built kernel, or the trained CSR values (at autocast's dtype)."
+        "The (out, rest) weight matrix times `x2d` (rest, N): through the built kernel, or the trained CSR values (at autocast's dtype on CUDA)."
         if self.values is None: return self.kernel @ x2d
         dev = x2d.device.type
+        if dev == 'cpu':  # MKL's CSR product has no bf16 (`addmm_out_sparse_csr_impl_mkl`): fp32, with autocast off for it
+            with torch.autocast('cpu', enabled=False):
+                return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.shape2d) @ x2d.to(self.values.dtype)
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.values.dtype
         return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dt), self.shape2d) @ x2d.to(dt)
 
@@ -647,7 +650,9 @@ def spec(profile:str='quick', # one of PROFILES: sizes, budgets and the data sou
     notes = [f"Training: Adam lr {base['lr']}; CNN {c['epochs']} epochs on {c['n_train']} CIFAR-10 images (test {c['n_test']}, batch "
              f"{c['batch_size']}), Transformer {t['epochs']} on {t['n_train']} IMDB reviews (test {t['n_test']}, batch {t['batch_size']}); "
              f"the plan's 50 epochs on the full data only in 'full'. Precision {base['precision']!r} for training and test accuracy "
-             "(bf16 autocast on CUDA and CPUs with native bf16, else fp32; recorded as *_precision_used); costs measured in fp32.",
+             "(bf16 autocast on CUDA and CPUs with native bf16, else fp32; recorded as *_precision_used); costs measured in fp32. "
+             "Layers trained through CSR compute in fp32 even under bf16 autocast on a CPU (MKL's CSR product has no bf16), so there "
+             "the training time of a `train_kernels` arm sets fp32 sparse products against the dense arm's bf16 ones.",
              f"CNN: SmallCNN widths {tuple(c['widths'])}, hidden {c['hidden']}, {c['img_size']}-pixel images. Transformer: {t['layers']} "
              f"layers, d {t['d']}, {t['heads']} heads, FF {t['ff']}, {t['seq_len']} tokens, the {t['vocab']} most frequent WordPiece ids"
              + ('' if profile in ('full', 'dryrun') else " (the plan's 6 layers, d 512, FF 2048 shrunk for the CPU)") + '.',
