@@ -479,7 +479,9 @@ def bench_section(path, # a bench's saved JSON output
     lacks = [] if saved is None else [k for k in needs if k not in saved]
     if saved is None or lacks:
         what = 'No saved output' if saved is None else f"Saved output without {', '.join(lacks)}"
-        return f'<p>{esc(what)} at <code>{esc(p)}</code>: {missing_msg}</p>'
+        root = project_root()  # a committed report names the path inside the project, not this machine's folders
+        shown = p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else p
+        return f'<p>{esc(what)} at <code>{esc(shown)}</code>: {missing_msg}</p>'
     return render(saved)
 
 def sweep_figure(rows:list[dict], # a bench's saved rows: the swept key, the line key and the measurements

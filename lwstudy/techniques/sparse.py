@@ -96,12 +96,10 @@ class _Sparse(nn.Module):
     def product(self, x2d:torch.Tensor) -> torch.Tensor:
         "The (out, rest) weight matrix times `x2d` (rest, N): through the built kernel, or the trained CSR values (at autocast's dtype on CUDA)."
         if self.values is None: return self.kernel @ x2d
-        dev = x2d.device.type
-        if dev == 'cpu':  # MKL's CSR product has no bf16 (`addmm_out_sparse_csr_impl_mkl`): fp32, with autocast off for it
-            with torch.autocast('cpu', enabled=False):
-                return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.shape2d) @ x2d.to(self.values.dtype)
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.values.dtype
-        return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dt), self.shape2d) @ x2d.to(dt)
+        dev = x2d.device.type  # on CPUs fp32: MKL's CSR product has no bf16 (`addmm_out_sparse_csr_impl_mkl`)
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and dev != 'cpu' else self.values.dtype
+        with torch.autocast(dev, enabled=False):  # the dtype is chosen above; autocast would recast the product
+            return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dt), self.shape2d) @ x2d.to(dt)
 
 class SparseLinear(_Sparse):
     "A Linear layer with a fixed sparsity pattern: masked dense, or a CSR/BSR kernel after `build_kernel`."
