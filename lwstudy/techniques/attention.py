@@ -25,8 +25,9 @@ from ..train import WarmupLinear, make_loader, make_optimizer, resolve_precision
 # %% auto #0
 __all__ = ['B_MIN', 'ATTENTIONS', 'MODEL_KEYS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'ADAMW', 'LONG_LEN', 'ARM_NAMES', 'METRICS',
            'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
-           'blockpool_attention', 'linear_attention', 'softmax_attention', 'register', 'build_mlm', 'train_splits',
-           'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec', 'bench_path', 'sections']
+           'blockpool_attention', 'linear_attention', 'softmax_attention', 'hedgehog_map', 'causal_linear', 'register',
+           'build_mlm', 'train_splits', 'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec',
+           'bench_path', 'sections']
 
 # %% ../../nbs/10_attention.ipynb #c005
 B_MIN = 32  # smallest block
@@ -38,7 +39,8 @@ def block_size_for(T:int, # sequence length
     return max(b_min, 2 ** math.ceil(math.log2(math.sqrt(max(T, 1)))))
 
 # %% ../../nbs/10_attention.ipynb #c007
-def _blockpool(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0.0, training:bool=False, far:bool=True):
+def _blockpool(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0.0, training:bool=False, far:bool=True,
+               causal:bool=False):
     "Block-local softmax attention plus one pooled summary per other block (see `blockpool_attention`)."
     B, H, T, d = q.shape
     scaling = d ** -0.5 if scaling is None else scaling
@@ -52,15 +54,18 @@ def _blockpool(q, k, v, key_mask=None, scaling=None, block=None, dropout:float=0
     qb, kb, vb = (t.reshape(B, H, nb, b, d) for t in (q, k, v))
     vm = valid.view(B, 1, nb, b)
     local = qb @ kb.transpose(-1, -2)  # (B, H, nb, b, b)
-    if key_mask is not None or pad: local = local.masked_fill(~vm.unsqueeze(-2), float('-inf'))
+    keep = vm.unsqueeze(-2)  # (B, 1, nb, 1, b): which keys of the block exist
+    if causal: keep = keep & torch.ones(b, b, dtype=torch.bool, device=q.device).tril()  # and precede the query
+    if key_mask is not None or pad or causal: local = local.masked_fill(~keep, float('-inf'))
     parts = [local]
     if far and nb > 1:
         w = vm.to(q.dtype).unsqueeze(-1)  # (B, 1, nb, b, 1)
         cnt = w.sum(-2)  # (B, 1, nb, 1)
         kbar, vbar = ((t * w).sum(-2) / cnt.clamp_min(1) for t in (kb, vb))  # (B, H, nb, d)
         far_s = (q @ kbar.transpose(-1, -2)).view(B, H, nb, b, nb) + torch.log(cnt).view(B, 1, 1, 1, nb)
-        own = torch.eye(nb, dtype=torch.bool, device=q.device).view(1, 1, nb, 1, nb)
-        parts.append(far_s.masked_fill(own, float('-inf')))
+        i = torch.arange(nb, device=q.device)
+        hide = i[None, :] >= i[:, None] if causal else i[None, :] == i[:, None]  # own block (causal: and later ones)
+        parts.append(far_s.masked_fill(hide.view(1, 1, nb, 1, nb), float('-inf')))
     p = torch.softmax(torch.cat(parts, -1) if len(parts) > 1 else local, -1)
     if key_mask is not None or pad: p = torch.nan_to_num(p)  # a query whose keys are all padding: zero output
     if dropout and training: p = F.dropout(p, dropout, training=True)
@@ -78,11 +83,12 @@ def blockpool_attention(q, # queries (B, H, T, d)
                         training:bool=False, # the module's training mode
                         far:bool=True, # add the pooled far field (False: block-local only)
                         recompute:bool=True, # under autograd, recompute the scores in the backward instead of storing them
+                        causal:bool=False, # a query sees the earlier keys of its block and the summaries of earlier blocks only
                        ):
     "Exact softmax attention inside blocks, one pooled summary per other block; the backward recomputes (as flash attention)."
     if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return checkpoint(_blockpool, q, k, v, key_mask, scaling, block, dropout, training, far, use_reentrant=False)
-    return _blockpool(q, k, v, key_mask, scaling, block, dropout, training, far)
+        return checkpoint(_blockpool, q, k, v, key_mask, scaling, block, dropout, training, far, causal, use_reentrant=False)
+    return _blockpool(q, k, v, key_mask, scaling, block, dropout, training, far, causal)
 
 # %% ../../nbs/10_attention.ipynb #c009
 def linear_attention(q, # queries (B, H, T, d)
@@ -108,6 +114,32 @@ def softmax_attention(q, # queries (B, H, T, d)
     s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scaling is None else scaling)
     if key_mask is not None: s = s.masked_fill(~key_mask[:, None, None, :].to(torch.bool), float('-inf'))
     return torch.softmax(s, -1) @ v
+
+# %% ../../nbs/10_attention.ipynb #c013d
+def hedgehog_map(x, # queries or keys (B, H, T, d)
+                 w, # per-head feature weights (H, d, f)
+                ):
+    "Hedgehog's feature map [softmax(x W), softmax(-x W)] over the f features, per head: (B, H, T, 2f), non-negative."
+    z = torch.einsum('bhtd,hdf->bhtf', x, w)
+    return torch.cat([torch.softmax(z, -1), torch.softmax(-z, -1)], -1)
+
+def causal_linear(fq, # query features (B, H, T, f), non-negative
+                  fk, # key features, like fq
+                  v, # values (B, H, T, d)
+                  chunk:int=64, # tokens per chunk
+                  eps:float=1e-6, # added to the normaliser
+                 ):
+    "Causal linear attention in chunks: exact causal products inside a chunk, running key-value sums of the chunks before."
+    B, H, T, f = fq.shape; d = v.shape[-1]
+    c = min(chunk, T); n = -(-T // c); pad = n * c - T
+    if pad: fq, fk, v = (F.pad(t, (0, 0, 0, pad)) for t in (fq, fk, v))  # padded keys come after every real query
+    qc, kc, vc = fq.view(B, H, n, c, f), fk.view(B, H, n, c, f), v.view(B, H, n, c, d)
+    kv = kc.transpose(-1, -2) @ vc  # (B, H, n, f, d): each chunk's key-value sum
+    ks = kc.sum(-2)  # (B, H, n, f): each chunk's key sum
+    intra = (qc @ kc.transpose(-1, -2)).tril()  # inside the chunk
+    num = qc @ (kv.cumsum(2) - kv) + intra @ vc
+    den = (qc @ (ks.cumsum(2) - ks).unsqueeze(-1)).squeeze(-1) + intra.sum(-1)
+    return (num / (den.unsqueeze(-1) + eps)).reshape(B, H, n * c, d)[:, :, :T]
 
 # %% ../../nbs/10_attention.ipynb #c015
 def _key_padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
