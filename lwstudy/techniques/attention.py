@@ -23,8 +23,8 @@ from ..runner import Claim, Metric, Spec, Store, gate_all, gate_every_seed, gate
 from ..train import WarmupLinear, make_loader, make_optimizer, resolve_precision, train
 
 # %% auto #0
-__all__ = ['B_MIN', 'ATTENTIONS', 'MODEL_KEYS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'ADAMW', 'LONG_LEN', 'ARM_NAMES', 'METRICS',
-           'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
+__all__ = ['B_MIN', 'ATTENTIONS', 'MODEL_KEYS', 'EVAL_MASK_SEED', 'INFER_BATCH', 'HEAD_CHUNK', 'ADAMW', 'LONG_LEN', 'ARM_NAMES',
+           'METRICS', 'PPL_TOL', 'TIME_GOAL', 'EAGER_MEM_GOAL', 'UNIGRAM_MARGIN', 'QUALITY_GATE', 'block_size_for',
            'blockpool_attention', 'linear_attention', 'softmax_attention', 'hedgehog_map', 'causal_linear', 'register',
            'build_mlm', 'train_splits', 'cost_step', 'eager_scores_bytes', 'cost_metrics', 'task_params', 'fit', 'spec',
            'bench_path', 'sections']
@@ -191,6 +191,7 @@ def train_splits(profile:str) -> list[tuple]:
 
 # %% ../../nbs/10_attention.ipynb #c035
 INFER_BATCH = 32  # sequences in the timed eval forward at seq_len
+HEAD_CHUNK = 256  # masked positions per chunk of the cost steps' loss (`mlm.chunked_ce`): no step holds all the logits
 
 def _long_batch(vocab:int, T:int, batch:int, seed:int=0):
     "The cost step's batch: random ordinary wordpieces (batch, T), masked all as [MASK]; the same for every arm and seed."
@@ -201,13 +202,13 @@ def cost_step(model, # a DistilBertForMaskedLM
               batch, # (inputs, labels)
               backward:bool=True, # one training forward+backward (gradients dropped first); False: a no-grad forward
              ):
-    "A closure running `mlm_loss` on `batch` once, for timing and memory."
+    "A closure running `mlm_loss` on `batch` once, its head in chunks of `HEAD_CHUNK` masked positions, for timing and memory."
     batch = tuple(t.to(next(model.parameters()).device) for t in batch)
     def step():
         model.zero_grad(set_to_none=True)
-        mlm_loss(model, batch)[0].backward()
+        mlm_loss(model, batch, HEAD_CHUNK)[0].backward()
     def fwd():
-        with torch.no_grad(): mlm_loss(model, batch)
+        with torch.no_grad(): mlm_loss(model, batch, HEAD_CHUNK)
     return step if backward else fwd
 
 def eager_scores_bytes(cfg:dict, # distilbert_mlm sizes
@@ -387,7 +388,7 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
         "exp(mean masked-token cross-entropy), accuracy = top-1. Training masks BERT's way (80/10/10).",
         f"blockpool: block max({B_MIN}, 2^ceil(log2 sqrt T)) ({block_size_for(b['seq_len'])} at seq_len, "
         f"{block_size_for(b['long_len'])} at long_len); its backward recomputes the attention scores.",
-        "Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions) of long_batch x long_len "
+        f"Cost: long_* are one training step (fwd+bwd, train mode, MLM head on the masked positions, its loss in chunks of {HEAD_CHUNK} of them: mlm.chunked_ce) of long_batch x long_len "
         "tokens, one warm-up then the median of `repeats` timed run(s) per cell, the seeds being the repeats (quick used 2 before "
         "spec version 2). Peak memory and FLOPs do not depend on the weights: measured once per process and configuration on a "
         "fresh model of the arm (and of eager attention), counting the tensors operators return (a fused kernel's internal "
@@ -402,7 +403,7 @@ def spec(profile:str='quick', # sizes and data (see `task_params`)
     datasets = [*train_splits(profile), ('ptb_text_only', 'validation', None), ('ptb_text_only', 'test', None)]
     return Spec('attention', 'Does a lightweight attention (block-local + pooled far field) keep a small masked LM\'s quality while '
                 'cutting time and memory against fused SDPA?', arms, 'sdpa', METRICS, _claims(), fit,
-                plan='000_b2ac16e7f4e5a745.txt', datasets=datasets, notes=notes, version=4, sections=sections,  # 4: fused AdamW (train.make_optimizer)
+                plan='000_b2ac16e7f4e5a745.txt', datasets=datasets, notes=notes, version=5, sections=sections,  # 5: cost steps' loss in head chunks (4: fused AdamW)
                 tradeoff=('long_fwdbwd_s', 'ptb_test_ppl'))
 
 # %% ../../nbs/10_attention.ipynb #c046
