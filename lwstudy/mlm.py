@@ -144,9 +144,11 @@ def unigram_ppl(train_ids:torch.Tensor, # training windows (N, T) of token ids
                 test_labels:torch.Tensor, # the same for the test windows
                 vocab:int, # vocabulary size
                 alphas=UNIGRAM_ALPHAS, # smoothing grid
+                special_ids=None, # token ids left out of the counts (None: the masked LM tokenizer's special tokens)
                ) -> dict:
     "Masked-token perplexity on `test_labels` of the add-alpha unigram model of `train_ids`, alpha chosen on `val_labels`."
-    ids = train_ids[~torch.isin(train_ids, torch.tensor(lm_tokenizer().all_special_ids))]
+    special = lm_tokenizer().all_special_ids if special_ids is None else special_ids
+    ids = train_ids[~torch.isin(train_ids, torch.tensor(special, dtype=train_ids.dtype))]
     counts = torch.bincount(ids, minlength=vocab)
     val = {a: _masked_ppl(_unigram_logp(counts, a), val_labels) for a in alphas}
     best = min(val, key=val.get)

