@@ -16,13 +16,29 @@ def record(arm='softmax', seed=0):
                 metrics=dict(wt2_ppl=20.0 + seed, ptb_ppl=40.0, fwdbwd_s=1.0))
 
 
-def test_sections_escape_what_records_carry():
+def test_sections_escape_what_records_carry(home):
     recs = [record(a, s) for a in ('softmax', 'softmax_lora', 'blockpool_transfer_lora') for s in (0, 1)]
     secs = dict(C.sections(recs, pd.DataFrame()))
-    assert list(secs) == ['Perplexity and time by arm', 'Attention-transfer curves', 'LoRA fine-tuning curves']
+    assert list(secs) == ['Quality and cost against length (benchmark)', 'Perplexity and time by arm', 'Attention-transfer curves',
+                          'LoRA fine-tuning curves']
     page = ''.join(secs.values())
     assert '<script>' not in page and page.count('&lt;script&gt;') >= 4
-    assert C.sections([], pd.DataFrame()) == []
+    assert 'No saved output' in secs['Quality and cost against length (benchmark)']
+    assert [t for t, _ in C.sections([], pd.DataFrame())] == ['Quality and cost against length (benchmark)']
+
+
+def test_the_saved_length_sweep_renders_without_computing(home, monkeypatch):
+    "bench/attention_convert.py --Ts's saved rows: the section plots and tabulates them from the file alone."
+    import json
+    from lwstudy.core import atomic_write
+    for f in ('fit', 'causal_lm', 'attention_transfer', 'lora_finetune', 'perplexity'):
+        monkeypatch.setattr(C, f, lambda *a, **k: pytest.fail('a report hook computed'))
+    rows = [dict(T=t, arm=a, wt2_ppl=20.0, ptb_ppl=40.0, wt2_vs_control=4.0, ptb_vs_control=4.5, fwdbwd_s=1.0,
+                 fwdbwd_vs_softmax=0.7) for t in (256, 512) for a in ('softmax', EVIL)]
+    atomic_write(C.bench_path(), json.dumps(dict(rows=rows, measured=EVIL, device=EVIL, git_commit=EVIL, precision='bf16',
+                                                 transfer_tokens=16384, eval_tokens=4096)))
+    html = dict(C.sections([], pd.DataFrame()))['Quality and cost against length (benchmark)']
+    assert '<script>' not in html and html.count('&lt;script&gt;') >= 5 and '<img' in html and '16384 tokens' in html
 
 
 def test_bad_input_names_the_value_and_the_choices():
@@ -64,7 +80,7 @@ def test_smoke_run_reports_every_arm_and_reuses_the_transfer(home, monkeypatch):
     ppl = t[t.metric.isin(['wt2_ppl', 'ptb_ppl'])].value
     assert ((ppl > 1) & (ppl < 50_000)).all()
     page = exp.report.read_text()
-    assert 'Perplexity and time by arm' in page and 'Attention-transfer curves' in page
+    assert 'Perplexity and time by arm' in page and 'Quality and cost against length' in page and 'Attention-transfer curves' in page
     # the LoRA arm's maps come from the transfer arm's cache: a second transfer would fail here
     monkeypatch.setattr(C, 'attention_transfer', lambda *a, **k: pytest.fail('attention transfer recomputed'))
     p = C.spec('smoke').arms['blockpool_transfer_lora']
