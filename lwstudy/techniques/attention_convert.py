@@ -4,7 +4,8 @@
 
 # %% ../../nbs/11_attention_convert.ipynb #c002
 from __future__ import annotations
-import copy, functools, hashlib, math
+import copy, functools, hashlib, json, math
+from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
@@ -17,16 +18,16 @@ from ..core import BadInput, by_profile, check_choice, current_device, disk_cach
 from ..measure import time_it
 from ..mlm import unigram_ppl
 from ..models import CAUSAL_LMS, causal_lm, count_params, smollm2_dir
-from ..report import esc, fig_to_img, html_table, seed_curves
-from ..runner import Claim, Gate, Metric, Spec, gate_all, gate_info, gate_mean
+from ..report import esc, fig_to_img, html_table, seed_curves, sweep_figure
+from ..runner import Claim, Gate, Metric, Spec, Store, gate_all, gate_info, gate_mean
 from ..train import autocast, make_loader, make_optimizer, resolve_precision, train
 from .attention import blockpool_attention, causal_linear, hedgehog_map
 
 # %% auto #0
 __all__ = ['KINDS', 'TRANSFER_SPLIT', 'EVAL_SETS', 'LORA_TARGETS', 'ARMS', 'METRICS', 'PPL_TOL', 'UNIGRAM_MARGIN', 'LM_GATE',
-           'student', 'convert_attention', 'register', 'attention_layers', 'convert', 'token_stream', 'lm_windows',
-           'next_token_loss', 'transfer_loss', 'perplexity', 'attention_transfer', 'lora_finetune', 'fwdbwd_s',
-           'task_params', 'causal_labels', 'fit', 'transfer_fell', 'spec', 'sections']
+           'LENGTH_KEYS', 'student', 'convert_attention', 'register', 'attention_layers', 'convert', 'token_stream',
+           'lm_windows', 'next_token_loss', 'transfer_loss', 'perplexity', 'attention_transfer', 'lora_finetune',
+           'fwdbwd_s', 'task_params', 'causal_labels', 'fit', 'transfer_fell', 'spec', 'bench_path', 'sections']
 
 # %% ../../nbs/11_attention_convert.ipynb #c005
 KINDS = ('softmax', 'blockpool', 'hedgehog')  # what a converted layer computes
@@ -350,18 +351,42 @@ def _arm_table(records:list[dict]) -> pd.DataFrame:
     for k in ('wt2_ppl', 'ptb_ppl'): out.insert(out.columns.get_loc(k) + 1, f'{k} / softmax_lora', (g[k].mean() / ref[k]).round(3).values)
     return out
 
+LENGTH_KEYS = {'wt2_vs_control': 'WikiText-2 ppl / softmax + LoRA', 'ptb_vs_control': 'PTB ppl / softmax + LoRA',
+               'fwdbwd_vs_softmax': 'fwd+bwd / softmax'}  # the saved sweep's ratios, one panel each
+
+def bench_path() -> Path:
+    "Where bench/attention_convert.py saves its quality-vs-length sweep for the report (beside the result store)."
+    return Store().root/'attention_convert'/'bench'/'length.json'
+
+def _length_html(sw:dict) -> str:
+    "bench/attention_convert.py's saved sweep: perplexity ratios to the control and fwd+bwd ratios to softmax against T."
+    fig = sweep_figure(sw['rows'], 'T', list(LENGTH_KEYS), 'arm', titles=LENGTH_KEYS, ylabel='ratio', logx=2, logy=True,
+                       hlines=[(1 + PPL_TOL, '--'), (1.0, ':')])
+    cols = ['T', 'arm', *LENGTH_KEYS, 'wt2_ppl', 'ptb_ppl', 'fwdbwd_s']
+    tab = pd.DataFrame(sw['rows']).reindex(columns=cols).round(3)
+    return (f"<p class='muted'>Saved output of <code>bench/attention_convert.py --Ts</code> measured {esc(sw['measured'])} on "
+            f"{esc(sw['device'])} (commit {esc(sw['git_commit'])}), not recomputed by this run. At every T the same token budget: "
+            f"{esc(sw['transfer_tokens'])} tokens of attention transfer and LoRA, {esc(sw['eval_tokens'])} evaluation tokens per "
+            f"set, the first windows of each split; precision {esc(sw['precision'])}. Dashed: the {PPL_TOL:.0%} goal; dotted: "
+            "parity. fwd+bwd: one window of T tokens, interleaved, every weight trainable.</p>" + fig_to_img(fig) + html_table(tab))
+
 def sections(records:list[dict], # the runner's records of this experiment
              table:pd.DataFrame, # its long table (unused)
             ) -> list[tuple[str, str]]:
-    "Perplexity and time by arm, then the attention-transfer and LoRA loss curves."
-    if not records: return []
+    "The saved quality-vs-length sweep (or how to make it), perplexity and time by arm, the transfer and LoRA loss curves."
+    f = bench_path()
+    out = [('Quality and cost against length (benchmark)', _length_html(json.loads(f.read_text())) if f.exists() else
+            "<p>No saved output: <code>python bench/attention_convert.py --Ts 256,512,1024,2048</code> measures it and saves "
+            "it for this report.</p>")]
+    if not records: return out
     first = records[0]
-    out = [('Perplexity and time by arm', f"<p>Model: {esc(first['info'].get('model_note'))}. Per cell: "
+    out.append(('Perplexity and time by arm', f"<p>Model: {esc(first['info'].get('model_note'))}. Per cell: "
             f"{esc(first['info'].get('tokens'))}. Mean over seeds (min-max); the ratio is to softmax + LoRA's mean, the control "
             "the quality claims use. Losses: mean of the first and last eighth of each seed's steps (seed shown: the first "
-            "stored).</p>" + html_table(_arm_table(records)))]
+            "stored).</p>" + html_table(_arm_table(records))))
     for key, title, y in (('transfer_loss_curve', 'Attention-transfer curves', 'sum over layers of the output MSE'),
                           ('lora_loss_curve', 'LoRA fine-tuning curves', 'next-token loss')):
         if any(r['series'].get(key) for r in records):
             out.append((title, fig_to_img(seed_curves(records, key, ylabel=y).figure)))
     return out
+
