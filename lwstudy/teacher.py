@@ -11,7 +11,7 @@ from torch import nn
 from .core import BadInput, cache_path, disk_cached, disk_cached_rows
 from .data import Tokens, unpack
 from .measure import inference_ms, require_memory, require_training_memory, time_it
-from .models import count_params, hidden_shapes, hidden_states, model_logits
+from .models import count_params, hidden_dims, hidden_shapes, hidden_states, model_logits
 from .runner import Metric
 from .train import WarmupLinear, classification_scores, make_optimizer, to_device, train
 
@@ -56,12 +56,13 @@ def train_ce(model:nn.Module, train_data, eval_data, # the model, `Tokens` or `I
              wd:float=0.01, # AdamW weight decay
              augment=None, # applied to every batch's inputs (None: none)
              what:str='teacher training', # names the memory estimate `measure.require_training_memory` prints
+             precision:str='fp32', # `train.train`'s precision (a resolved one: 'fp32', 'bf16', 'fp16')
             ) -> dict:
-    "Train `model` for `steps` batches of all of `train_data` (`train_indexed`, fp32, cross-entropy); its training time, steps and accuracy on `eval_data`."
+    "Train `model` for `steps` batches of all of `train_data` (`train_indexed`, cross-entropy); its training time, steps, precision and accuracy on `eval_data` (fp32)."
     require_training_memory(f"{what} ({type(model).__name__}, {count_params(model) / 1e6:.1f}M parameters)", model, device)
-    state = train_indexed(model, train_data, ce_loss(train_data, augment), steps, lr, batch_size, device, wd=wd)
+    state = train_indexed(model, train_data, ce_loss(train_data, augment), steps, lr, batch_size, device, wd=wd, precision=precision)
     acc = classification_scores(model_logits(model, eval_data, device=device), eval_data.labels)['accuracy']
-    return dict(train_s=state.train_s, steps=state.step, val_accuracy=acc)
+    return dict(train_s=state.train_s, steps=state.step, val_accuracy=acc, precision=state.precision)
 
 # %% ../nbs/04c_teacher.ipynb #c009
 @torch.no_grad()
@@ -79,39 +80,41 @@ def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the stat
                   namespace:str, tag:str, key:dict, # the cache files: folder, `tag` and what the states depend on
                   what:str, # names the estimate `measure.require_memory` prints
                   full_n:int|None=None, # dryrun: the full run's n, to print what it would need
+                  pool:bool=False, # True: one mean-pooled vector per example (`models.hidden_states(pool=True)`), not token states
                  ) -> dict:
     "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
     layers = sorted(set(layers))
     if not layers: return {}
-    shapes = hidden_shapes(teacher, data, n)
+    shapes = {k: (n, d) for k, d in enumerate(hidden_dims(teacher))} if pool else hidden_shapes(teacher, data, n)
     nbytes = sum(2 * math.prod(shapes[k]) for k in layers)  # fp16
     if full_n:  # dryrun: what `full` would hold, scaled from this slice (token counts by the slice's mean length)
         try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
         except BadInput as e: print(f'{e} -- full would refuse here')
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
-    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) else None
+    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) and not pool else None
     return disk_cached_rows(namespace, {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
-                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device), n, row, multiple=64, what=f'{what}: layers')
+                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device, pool=pool), n, row, multiple=64, what=f'{what}: layers')
 
 def cached_state(cached:dict, data, # the cached outputs (`cached_outputs`); `Tokens` or `Images`
                  layer:int, idx, inputs) -> torch.Tensor: # the examples `idx` and their batch's model inputs
-    "The cached teacher state of `layer` for examples `idx`, as float32: token states unpacked and padded like `inputs`."
-    if isinstance(data, Tokens): return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
+    "The cached teacher state of `layer` for examples `idx`, as float32: token states unpacked and padded like `inputs`; pooled states and feature maps by row."
+    if isinstance(data, Tokens) and not cached.get('pooled'): return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
     return cached['hidden'][layer][torch.as_tensor(idx, dtype=torch.long)].float()
 
 def cached_outputs(teacher:nn.Module, data, n:int, eval_data, device:str, # as for `teacher_logits`
                    namespace:str, key:dict, tag:str, # the cache files: folder, what the outputs depend on, and the tag (`{tag}_out`, `{tag}_hidden_L{k}`)
                    layers=(), # the layers (stages) whose states to hold: only these are cached
-                   what:str='teacher cache', full_n:int|None=None, # as for `cached_hidden`
+                   what:str='teacher cache', full_n:int|None=None, pool:bool=False, # as for `cached_hidden`
                    extra:dict|None=None, # more numbers stored beside the logits (e.g. the teacher's training time)
                   ) -> dict:
-    "Teacher outputs, cached: `teacher_logits` (plus packed-token `offsets` for `Tokens`) in one entry, and fp16 states of `layers` only."
+    "Teacher outputs, cached: `teacher_logits` (plus packed-token `offsets` for `Tokens`) in one entry, and fp16 states of `layers` only (`pooled` says which kind)."
     def compute():
         out = dict(teacher_logits(teacher, data, n, eval_data, device), **(extra or {}))
         if isinstance(data, Tokens): out['offsets'] = torch.cat([torch.zeros(1, dtype=torch.long), data.lengths[:n].cumsum(0)])
         return out
     out = disk_cached(namespace, key, compute, f'{tag}_out')
-    return dict(out, hidden=cached_hidden(teacher, data, n, layers, device, namespace, f'{tag}_hidden', key, what, full_n))
+    hkey = dict(key, pooled=True) if pool else key
+    return dict(out, pooled=pool, hidden=cached_hidden(teacher, data, n, layers, device, namespace, f'{tag}_hidden', hkey, what, full_n, pool))
 
 # %% ../nbs/04c_teacher.ipynb #c012
 def cached_model(namespace:str, key:dict, tag:str, # the cache file: `core.cache_path(namespace, key, tag)`
@@ -133,11 +136,17 @@ def beside_teacher(model:nn.Module, teacher:nn.Module, # the trained model (clas
                    cached:dict, # the teacher's cached outputs (`cached_outputs`): its `val_logits` are scored
                    eval_data, # `Tokens` or `Images`
                    batch_size:int, speed_batches:int, speed_repeats:int, # inference timing: examples per batch, batches per round, rounds
-                   device:str) -> dict:
+                   device:str,
+                   teacher_data=None, # the teacher's own encoding of `eval_data`'s examples (its tokenizer); None: the same inputs
+                  ) -> dict:
     "Accuracy, F1 and loss of `model` and the teacher's accuracy on `eval_data`, the retention, the majority-class rate, sizes and inference times side by side."
+    tdata = teacher_data or eval_data
+    if len(tdata) != len(eval_data) or not torch.equal(tdata.labels, eval_data.labels):
+        raise ValueError(f'teacher_data must hold the same examples as eval_data: {len(tdata)} vs {len(eval_data)} examples, or other labels')
     s, t = classification_scores(model_logits(model, eval_data, device=device), eval_data.labels), classification_scores(cached['val_logits'], eval_data.labels)
     g = torch.Generator().manual_seed(0)  # the same random evaluation batches in every cell
-    batches = [to_device(eval_data.inputs(torch.randperm(len(eval_data), generator=g)[:batch_size].tolist())[0], device) for _ in range(speed_batches)]
+    idx = [torch.randperm(len(eval_data), generator=g)[:batch_size].tolist() for _ in range(speed_batches)]
+    batches = {who: [to_device(d.inputs(i)[0], device) for i in idx] for who, d in (('teacher', tdata), ('student', eval_data))}
     ms = inference_ms(dict(teacher=teacher, student=model), batches, speed_repeats, device)
     counts = torch.bincount(eval_data.labels)
     return dict(accuracy=s['accuracy'], f1=s['f1'], val_loss=s['loss'], teacher_accuracy=t['accuracy'], teacher_f1=t['f1'],
