@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import BadInput, cache_path, disk_cached, disk_cached_rows
-from .data import Tokens, unpack
+from .data import Tokens
 from .measure import inference_ms, require_memory, require_training_memory, time_it
 from .models import count_params, hidden_dims, hidden_shapes, hidden_states, model_logits
 from .runner import Metric
@@ -80,41 +80,35 @@ def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the stat
                   namespace:str, tag:str, key:dict, # the cache files: folder, `tag` and what the states depend on
                   what:str, # names the estimate `measure.require_memory` prints
                   full_n:int|None=None, # dryrun: the full run's n, to print what it would need
-                  pool:bool=False, # True: one mean-pooled vector per example (`models.hidden_states(pool=True)`), not token states
                  ) -> dict:
-    "The states of teacher `layers` on the first `n` examples, after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
-    layers = sorted(set(layers))
+    "The states of teacher `layers` on the first `n` examples (`Tokens`: mean-pooled per example), after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
+    layers, pool = sorted(set(layers)), isinstance(data, Tokens)
     if not layers: return {}
     shapes = {k: (n, d) for k, d in enumerate(hidden_dims(teacher))} if pool else hidden_shapes(teacher, data, n)
     nbytes = sum(2 * math.prod(shapes[k]) for k in layers)  # fp16
-    if full_n:  # dryrun: what `full` would hold, scaled from this slice (token counts by the slice's mean length)
+    if full_n:  # dryrun: what `full` would hold, scaled from this slice
         try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
         except BadInput as e: print(f'{e} -- full would refuse here')
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
-    row = (lambda i: int(data.lengths[:i].sum())) if isinstance(data, Tokens) and not pool else None
     return disk_cached_rows(namespace, {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
-                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device, pool=pool), n, row, multiple=64, what=f'{what}: layers')
+                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device, pool=pool), n, multiple=64, what=f'{what}: layers')
 
-def cached_state(cached:dict, data, # the cached outputs (`cached_outputs`); `Tokens` or `Images`
-                 layer:int, idx, inputs) -> torch.Tensor: # the examples `idx` and their batch's model inputs
-    "The cached teacher state of `layer` for examples `idx`, as float32: token states unpacked and padded like `inputs`; pooled states and feature maps by row."
-    if isinstance(data, Tokens) and not cached.get('pooled'): return unpack(cached['hidden'][layer], cached['offsets'], idx, inputs[0].shape[1])
+def cached_state(cached:dict, # the cached outputs (`cached_outputs`)
+                 layer:int, idx) -> torch.Tensor: # the examples `idx`
+    "The cached teacher state of `layer` for examples `idx`, as float32: a pooled vector (`Tokens`) or a feature map per example."
     return cached['hidden'][layer][torch.as_tensor(idx, dtype=torch.long)].float()
 
 def cached_outputs(teacher:nn.Module, data, n:int, eval_data, device:str, # as for `teacher_logits`
                    namespace:str, key:dict, tag:str, # the cache files: folder, what the outputs depend on, and the tag (`{tag}_out`, `{tag}_hidden_L{k}`)
                    layers=(), # the layers (stages) whose states to hold: only these are cached
-                   what:str='teacher cache', full_n:int|None=None, pool:bool=False, # as for `cached_hidden`
+                   what:str='teacher cache', full_n:int|None=None, # as for `cached_hidden`
                    extra:dict|None=None, # more numbers stored beside the logits (e.g. the teacher's training time)
                   ) -> dict:
-    "Teacher outputs, cached: `teacher_logits` (plus packed-token `offsets` for `Tokens`) in one entry, and fp16 states of `layers` only (`pooled` says which kind)."
-    def compute():
-        out = dict(teacher_logits(teacher, data, n, eval_data, device), **(extra or {}))
-        if isinstance(data, Tokens): out['offsets'] = torch.cat([torch.zeros(1, dtype=torch.long), data.lengths[:n].cumsum(0)])
-        return out
-    out = disk_cached(namespace, key, compute, f'{tag}_out')
-    hkey = dict(key, pooled=True) if pool else key
-    return dict(out, pooled=pool, hidden=cached_hidden(teacher, data, n, layers, device, namespace, f'{tag}_hidden', hkey, what, full_n, pool))
+    "Teacher outputs, cached: `teacher_logits` in one entry, and fp16 states of `layers` only (`pooled`: mean-pooled token states, for `Tokens`)."
+    out = disk_cached(namespace, key, lambda: dict(teacher_logits(teacher, data, n, eval_data, device), **(extra or {})), f'{tag}_out')
+    pool = isinstance(data, Tokens)
+    hkey = dict(key, pooled=True) if pool else key  # apart from the token-packed caches of before
+    return dict(out, pooled=pool, hidden=cached_hidden(teacher, data, n, layers, device, namespace, f'{tag}_hidden', hkey, what, full_n))
 
 # %% ../nbs/04c_teacher.ipynb #c012
 def cached_model(namespace:str, key:dict, tag:str, # the cache file: `core.cache_path(namespace, key, tag)`
