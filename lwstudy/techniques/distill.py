@@ -4,13 +4,13 @@
 
 # %% ../../nbs/40_distill.ipynb #c002
 from __future__ import annotations
-import copy, time
+import copy, os, time
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 import torch.nn.functional as F
-from ..core import BadInput, by_profile, check_choice, current_device, disk_cached
+from ..core import BadInput, by_profile, cache_dir, cache_path, check_choice, current_device, disk_cached, param_hash
 from ..data import Images, Tokens, augmented_views, flip_crop, image_set, scale_to_available, text_tokens
 from ..measure import measure_energy, peak_memory_mb, require_training_memory
 from ..models import (HiddenCapture, ResNet, TextClassifier, count_params, from_config_or_pretrained, hidden_dims, hidden_paths,
@@ -183,13 +183,23 @@ def _teacher_key(pp:dict, part:str, source:str, weights:str) -> dict: # weights:
                 wd=pp['wd'], batch=pp['batch_size'], augment=f"flip+crop{pp['image_size'] // 8}", source=source, torch=torch.__version__,
                 optimizer=OPTIMIZER)
 
+_TEACHERS = {}  # (cache folder, profile, device, part, teacher key) -> (teacher, record, its cache file, the file's stat): cells only run the teacher (eval mode, no gradients)
+
+def _file_stat(path:str) -> tuple|None:
+    "(size, mtime) of a file, None where it is gone: a teacher held in memory is reused only while its cache file is unchanged."
+    try: st = os.stat(path); return st.st_size, st.st_mtime_ns
+    except OSError: return None
+
 def get_teacher(pp:dict, # the part's params (`runner.part_params`)
                 part:str, # 'nlp' or 'vision'
                 profile:str, device:str|None=None) -> tuple[nn.Module, dict]: # sizes and models; where it trains
-    "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`teacher.cached_model`), and its record."
+    "The teacher of `part` (NLP: the pretrained encoder fine-tuned; vision: a ResNet-50 from scratch), trained once and cached (`teacher.cached_model`), and its record; held once per process (mpnet's rebuild and reload took ~5 s a cell)."
     device = device or current_device()
     tr, ev, source = _part_data(pp, part, profile)
     if part == 'nlp': pp = dict(pp, teacher_precision=resolve_precision(pp['teacher_precision'], device))  # from the run's device, as the arms'
+    memo = (str(cache_dir()), profile, device, part, param_hash(_teacher_key(pp, part, source, '')))  # the weights' origin is fixed within a process
+    held = _TEACHERS.get(memo)
+    if held and _file_stat(held[2]) == held[3]: return held[:2]  # a cleared, replaced or planted cache file loads (or trains) again
     torch.manual_seed(0)  # random weights (dryrun) are the same in every cell
     enc, weights = from_config_or_pretrained(pp['teacher'], profile) if part == 'nlp' else (None, 'trained from scratch')
     torch.manual_seed(0)
@@ -197,8 +207,11 @@ def get_teacher(pp:dict, # the part's params (`runner.part_params`)
     fit = lambda: dict(train_ce(model, tr, ev, pp['teacher_steps'], pp['teacher_lr'], pp['batch_size'], device, pp.get('wd', 0.01),
                                 None if part == 'nlp' else flip_crop(0, pp['image_size'] // 8), precision=pp.get('teacher_precision', 'fp32')),
                        source=source, params=count_params(model))
-    model, rec = cached_model('distill', _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher', model, fit, device)
-    return model, dict(rec, weights=weights)
+    key, tag = _teacher_key(pp, part, source, weights), _PREFIX[part] + 'teacher'
+    model, rec = cached_model('distill', key, tag, model, fit, device)
+    path = cache_path('distill', key, tag)
+    _TEACHERS[memo] = model, dict(rec, weights=weights), path, _file_stat(path)
+    return _TEACHERS[memo][:2]
 
 def teacher_outputs(teacher:nn.Module, pp:dict, part:str, profile:str, # the teacher (`get_teacher`) and its part's params, name, profile
                     record:dict, # the teacher's record (`get_teacher`)
@@ -381,7 +394,7 @@ def task_params(profile:str) -> dict:
     "Sizes for a profile, one dict per part: {'nlp': {...}, 'vision': {...}} (an arm keeps them under `params['parts']`)."
     nlp = by_profile(profile, smoke=_SMOKE_NLP, full=NLP_FULL,
         quick=dict(_SMOKE_NLP, n_teacher_train=4800, teacher_steps=150, n_train=1280, steps=40, n_val=None, batch_size=32, max_len=64,
-                   speed_batches=3, speed_repeats=3),
+                   speed_batches=1, speed_repeats=3),  # one timed batch (3 before): mpnet's 1.7 s a batch made the timing half of every cell
         # dryrun: full's models, shapes and precision; two batches of data, 2 steps, one timing round
         dryrun=dict(NLP_FULL, n_teacher_train=64, teacher_steps=2, n_train=64, steps=2, n_val=64, speed_batches=1, speed_repeats=1))
     vision = by_profile(profile, full=VISION_FULL,
