@@ -15,7 +15,8 @@ import argparse, datetime as dt, io, json, time, warnings
 import numpy as np
 from sparse import break_even  # bench/sparse.py: the kernel sweep's break-even rule
 from lwstudy.core import atomic_write, device_name, project_root
-from lwstudy.techniques.sparse import CHANCE_MARGIN, CSR, GMP, SWEEP_JSON, SWEEP_PNG, fit, pareto_front, rep_name, spec
+from lwstudy.report import pareto_front
+from lwstudy.techniques.sparse import CHANCE_MARGIN, CSR, GMP, SWEEP_JSON, SWEEP_PNG, fit, rep_name, spec
 
 COSTS = {'speedup': 'infer_ms', 'train_time': 'train_time_s', 'train_state': 'train_state_mb', 'train_peak': 'train_peak_mb'}
 

@@ -65,7 +65,8 @@ def _mlm(cfg, attn, batch, T):
     return model, lambda m: mlm_loss(m, (ids, labels))[0]  # the study's step: the head on the masked positions only
 
 def _sparse_tf(batch):
-    from lwstudy.techniques.sparse import TextEncoder, sizes
+    from lwstudy.models import TextEncoder
+    from lwstudy.techniques.sparse import sizes
     s = sizes('quick')['parts']['tf']; torch.manual_seed(0)
     model = TextEncoder(s['vocab'], s['d'], s['heads'], s['ff'], s['layers'], s['seq_len']).train()
     ids = torch.randint(1, s['vocab'], (s['batch_size'], s['seq_len'])); y = torch.randint(0, 2, (len(ids),))

@@ -19,7 +19,7 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
            'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
-           'augmented_views', 'text_tokens', 'image_set', 'TensorBatches']
+           'augmented_views', 'text_tokens', 'image_set', 'text_tensors', 'TensorBatches']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -602,6 +602,26 @@ def image_set(name:str, split:str, profile:str, # a registry name, its split, th
     image_tensors(name, split, profile, n, seed=0)  # resolves the source (and records it)
     source = [s for s in sources_used() if s['dataset'] == name and s['split'] == split][-1]['source']
     return _image_set(name, split, profile, source, n, size), source
+
+# %% ../nbs/01_data.ipynb #c020g2
+@functools.cache
+def _text_tensors(name:str, profile:str, sources:tuple, n_train:int, n_test:int, seq_len:int, vocab:int) -> tuple:
+    from lwstudy.models import bert_tokenizer  # models imports data
+    info, tok = dataset_info(name), bert_tokenizer('minilm')
+    tr, te = take(load(name, 'train', profile), n_train, 0), take(load(name, 'test', profile), n_test, 0)
+    enc = lambda df: tok(list(df[info.text]), truncation=True, max_length=seq_len, padding='max_length', return_tensors='pt')['input_ids']
+    a, b = enc(tr), enc(te)
+    top = torch.bincount(a[a != 0], minlength=tok.vocab_size).argsort(descending=True)[:vocab - 2]
+    remap = torch.ones(tok.vocab_size, dtype=torch.long); remap[top] = torch.arange(2, 2 + len(top)); remap[0] = 0
+    return remap[a], torch.tensor(tr[info.label].to_numpy()), remap[b], torch.tensor(te[info.label].to_numpy())
+
+def text_tensors(name:str, profile:str, # a registered text-classification dataset with train and test splits; the profile
+                 n_train:int, n_test:int, # rows of the training and test slices (fixed random subsets, `take`)
+                 seq_len:int, vocab:int, # tokens per text (truncated or padded); ids kept: 0 pad, 1 unknown, the most frequent
+                ) -> tuple:
+    "(x_train, y_train, x_test, y_test): padded id tensors over a `vocab`-sized re-indexed vocabulary, and labels; once per process and source."
+    sources = tuple(take(load(name, s, profile), n, 0).attrs['source'] for s, n in (('train', n_train), ('test', n_test)))
+    return _text_tensors(name, profile, sources, n_train, n_test, seq_len, vocab)
 
 # %% ../nbs/01_data.ipynb #c020i
 class TensorBatches:

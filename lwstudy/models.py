@@ -17,9 +17,9 @@ __all__ = ['HUB_MODELS', 'MPNET_PARTS', 'MPNET_INSTALL', 'EAGER_ONLY', 'SMOLLM2_
            'HUB_CONFIGS', 'HEADS', 'count_params', 'state_dict_mb', 'SmallCNN', 'BasicBlock', 'Bottleneck', 'ResNet',
            'resnet18', 'resnet50', 'minilm_dir', 'mpnet_installed', 'mpnet_dir', 'pretrained_path', 'bert_tokenizer',
            'attention_of', 'load_pretrained', 'smollm2_dir', 'smollm2_tokenizer', 'causal_lm', 'distilbert_mlm',
-           'build_model', 'hub_config', 'from_config_or_pretrained', 'masked_mean_pool', 'HiddenCapture',
-           'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states', 'hidden_shapes',
-           'model_logits']
+           'build_model', 'hub_config', 'from_config_or_pretrained', 'masked_mean_pool', 'EncoderBlock', 'TextEncoder',
+           'HiddenCapture', 'TextClassifier', 'layer_path', 'hidden_paths', 'hidden_dims', 'hidden_states',
+           'hidden_shapes', 'model_logits']
 
 # %% ../nbs/02_models.ipynb #c005
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
@@ -282,6 +282,36 @@ def masked_mean_pool(hidden:torch.Tensor, # token states (batch, time, dim)
         raise BadInput(f"mask shape {tuple(mask.shape)} does not match hidden {tuple(hidden.shape)}; allowed: (batch, time) = {tuple(hidden.shape[:2])}")
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+# %% ../nbs/02_models.ipynb #c026u
+class EncoderBlock(nn.Module):
+    "Pre-norm Transformer encoder block: multi-head self-attention and a ReLU feed-forward, each residual."
+    def __init__(self, d:int, heads:int, ff:int):
+        super().__init__()
+        self.heads, self.ln1, self.qkv, self.out = heads, nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ln2, self.ff1, self.ff2 = nn.LayerNorm(d), nn.Linear(d, ff), nn.Linear(ff, d)
+    def forward(self, x, keep):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])  # kept alive through the next line (peak memory)
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff2(F.relu(self.ff1(self.ln2(x))))
+
+class TextEncoder(nn.Module):
+    "A Transformer encoder classifier over token ids (0 = padding)."
+    def __init__(self, vocab:int, # ids 0..vocab-1
+                 d:int=512, heads:int=8, ff:int=2048, layers:int=6, # width, attention heads, feed-forward width, blocks
+                 max_len:int=256, n_classes:int=2): # longest sequence (learned positions), classes
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d, padding_idx=0), nn.Embedding(max_len, d)
+        for e in (self.emb, self.pos): nn.init.normal_(e.weight, std=0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(d, heads, ff) for _ in range(layers))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, n_classes)
+    def forward(self, ids):
+        keep = ids != 0
+        x = self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for blk in self.blocks: x = blk(x, keep)
+        return self.head(masked_mean_pool(self.ln(x), keep))
 
 # %% ../nbs/02_models.ipynb #c029
 class HiddenCapture:

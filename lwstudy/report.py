@@ -18,7 +18,8 @@ __all__ = ['FAMILIES', 'VERDICT_COLOURS', 'CSS', 'metric_table', 'claim_values',
            'claim_family', 'claim_table', 'study_techniques', 'spec_records', 'primary_family', 'png_img', 'fig_to_img',
            'paired_plot', 'forest_plot', 'tradeoff_plot', 'seed_curves', 'esc', 'fmt', 'fmt_p', 'html_table',
            'claims_html', 'metrics_html', 'sources_html', 'provenance_html', 'verdicts_intro', 'render_html',
-           'resolve_out_dir', 'page_claims', 'write_report', 'bench_section', 'sweep_figure']
+           'resolve_out_dir', 'page_claims', 'write_report', 'bench_section', 'sweep_figure', 'png_file_img',
+           'pareto_front']
 
 # %% ../nbs/07_report.ipynb #c005
 FAMILIES = ('primary', 'exploratory', 'calibration')
@@ -515,3 +516,15 @@ def sweep_figure(rows:list[dict], # a bench's saved rows: the swept key, the lin
         if i == 0 and ax.lines: ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/07_report.ipynb #c022p
+def png_file_img(path) -> str: # a saved PNG (a bench's figure)
+    "The saved figure as an embedded <img>, or nothing when it was not saved."
+    p = Path(path)
+    return png_img(p.read_bytes()) if p.exists() else ''
+
+def pareto_front(rows:list[dict], # points with `speedup` (higher is better) and `acc_drop` (lower is better)
+                ) -> list[dict]:
+    "The points no other point beats on both speed-up and accuracy drop, by increasing accuracy drop."
+    beats = lambda q, r: q['speedup'] >= r['speedup'] and q['acc_drop'] <= r['acc_drop'] and (q['speedup'], q['acc_drop']) != (r['speedup'], r['acc_drop'])
+    return sorted((r for r in rows if not any(beats(q, r) for q in rows)), key=lambda r: (r['acc_drop'], -r['speedup']))

@@ -4,14 +4,14 @@
 
 # %% ../nbs/05_stats.ipynb #c002
 from __future__ import annotations
-import functools, warnings
+import functools, math, warnings
 import numpy as np
 from scipy import optimize, stats
 
 # %% auto #0
 __all__ = ['SIDES', 'OPS', 'ONS', 'VERDICTS', 'describe', 'mean_ci', 'paired_diff_ci', 'paired_t', 'wilcoxon_p', 'signflip_p',
            'cohens_dz', 'log_ratio_ci', 'one_sided_p', 'noninferiority_p', 'holm', 'holm_alpha', 'power_paired',
-           'mde_dz', 'compare', 'log_scale', 'claim_test', 'verdict']
+           'mde_dz', 'compare', 'log_scale', 'claim_test', 'verdict', 'chance_stats']
 
 # %% ../nbs/05_stats.ipynb #c005
 def _arr(x) -> np.ndarray: return np.asarray(x, dtype=float)
@@ -207,3 +207,12 @@ def verdict(p_adj:float, holds:bool, alpha:float=0.05, gate_passed:bool=True) ->
     if not gate_passed: return 'uninformative'
     if p_adj is None or np.isnan(p_adj) or p_adj >= alpha: return 'inconclusive'
     return 'supported' if holds else 'refuted'
+
+# %% ../nbs/05_stats.ipynb #c022d
+def chance_stats(labels, # test labels (integers 0..C-1): an array or a CPU tensor
+                 accuracy:float, # a model's accuracy on them
+                ) -> dict:
+    "Chance (the majority class's share of `labels`), the accuracy above it, and the accuracy's binomial standard error."
+    y = np.asarray(labels)
+    chance = float(np.bincount(y).max()) / len(y)
+    return dict(chance=chance, acc_over_chance=accuracy - chance, test_se=math.sqrt(accuracy * (1 - accuracy) / len(y)), n_test=len(y))

@@ -13,6 +13,7 @@ from .data import Tokens
 from .measure import inference_ms, require_memory, require_training_memory, time_it
 from .models import count_params, hidden_dims, hidden_shapes, hidden_states, model_logits
 from .runner import Metric
+from .stats import chance_stats
 from .train import WarmupLinear, classification_scores, make_optimizer, to_device, train
 
 # %% auto #0
@@ -142,11 +143,10 @@ def beside_teacher(model:nn.Module, teacher:nn.Module, # the trained model (clas
     idx = [torch.randperm(len(eval_data), generator=g)[:batch_size].tolist() for _ in range(speed_batches)]
     batches = {who: [to_device(d.inputs(i)[0], device) for i in idx] for who, d in (('teacher', tdata), ('student', eval_data))}
     ms = inference_ms(dict(teacher=teacher, student=model), batches, speed_repeats, device)
-    counts = torch.bincount(eval_data.labels)
     return dict(accuracy=s['accuracy'], f1=s['f1'], val_loss=s['loss'], teacher_accuracy=t['accuracy'], teacher_f1=t['f1'],
                 accuracy_retention=s['accuracy'] / t['accuracy'], infer_ms_per_batch=ms['student'], teacher_infer_ms_per_batch=ms['teacher'],
                 speedup_vs_teacher=ms['teacher'] / ms['student'], student_params=count_params(model), teacher_params=count_params(teacher),
-                chance_accuracy=int(counts.max()) / int(counts.sum()))
+                chance_accuracy=chance_stats(eval_data.labels, s['accuracy'])['chance'])
 
 def teacher_cost(record:dict, cached:dict, # the teacher's record (`cached_model`) and cached outputs (`cached_outputs`)
                  train_s:float, # the model's own training time

@@ -8,24 +8,23 @@ __all__ = ['MASKS', 'GMP', 'RANDOM', 'CSR', 'RIGL', 'ARMS', 'SPEED_GOAL', 'ACC_T
            'make_mask', 'to_sparse_kernel', 'im2col', 'SparseLinear', 'SparseConv2d', 'prunable', 'sparsify',
            'sparse_layers', 'use_kernels', 'train_kernels', 'tile_norms', 'magnitude_mask', 'gmp_level',
            'GradualPruning', 'rigl_fraction', 'rigl_mask', 'RigL', 'theory', 'sparse_state_dict', 'storage_mb',
-           'EncoderBlock', 'TextEncoder', 'text_tensors', 'chance_stats', 'rep_name', 'check_arm', 'fit', 'sizes',
-           'random_twin', 'accuracy_gate', 'pareto_front', 'sections', 'spec']
+           'rep_name', 'check_arm', 'fit', 'sizes', 'random_twin', 'accuracy_gate', 'sections', 'spec']
 
 # %% ../../nbs/30_sparse.ipynb #c002
 import copy, math
 from dataclasses import replace
-from functools import cache
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import BadInput, by_profile, check_choice, current_device, make_generator, project_root
-from ..data import image_tensors, load, scale_to_available, take
+from ..data import image_tensors, scale_to_available, text_tensors
 from ..measure import count_flops, peak_memory_mb, time_it, training_state_mb
-from ..models import SmallCNN, bert_tokenizer, count_params, masked_mean_pool, state_dict_mb
-from ..report import bench_section, esc, fmt, html_table, png_img
+from ..models import SmallCNN, TextEncoder, count_params, state_dict_mb
+from ..report import bench_section, esc, fmt, html_table, pareto_front, png_file_img
 from ..runner import Claim, Metric, Spec, gate_all, gate_every_seed, gate_mean, part_params
+from ..stats import chance_stats
 from ..train import Callback, evaluate, make_loader, make_optimizer, resolve_precision, train
 
 # %% ../../nbs/30_sparse.ipynb #c005
@@ -307,59 +306,7 @@ def storage_mb(model:nn.Module) -> float:
     "MB (10^6 bytes) of `torch.save(sparse_state_dict(model))`: the model as it would be shipped."
     return state_dict_mb(sparse_state_dict(model))
 
-# %% ../../nbs/30_sparse.ipynb #c032
-class EncoderBlock(nn.Module):
-    "Pre-norm Transformer encoder block: multi-head self-attention and a ReLU feed-forward, each residual."
-    def __init__(self, d:int, heads:int, ff:int):
-        super().__init__()
-        self.heads, self.ln1, self.qkv, self.out = heads, nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.ln2, self.ff1, self.ff2 = nn.LayerNorm(d), nn.Linear(d, ff), nn.Linear(ff, d)
-    def forward(self, x, keep):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])  # kept alive through the next line (peak memory)
-        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.ff2(F.relu(self.ff1(self.ln2(x))))
-
-class TextEncoder(nn.Module):
-    "A Transformer encoder classifier over token ids (0 = padding)."
-    def __init__(self, vocab:int, # ids 0..vocab-1
-                 d:int=512, heads:int=8, ff:int=2048, layers:int=6, # width, attention heads, feed-forward width, blocks
-                 max_len:int=256, n_classes:int=2): # longest sequence (learned positions), classes
-        super().__init__()
-        self.emb, self.pos = nn.Embedding(vocab, d, padding_idx=0), nn.Embedding(max_len, d)
-        for e in (self.emb, self.pos): nn.init.normal_(e.weight, std=0.02)
-        self.blocks = nn.ModuleList(EncoderBlock(d, heads, ff) for _ in range(layers))
-        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, n_classes)
-    def forward(self, ids):
-        keep = ids != 0
-        x = self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
-        for blk in self.blocks: x = blk(x, keep)
-        return self.head(masked_mean_pool(self.ln(x), keep))
-
-# %% ../../nbs/30_sparse.ipynb #c035
-@cache  # tokenising is the slow part: once per process and slice
-def text_tensors(profile:str, # where the data come from
-                 n_train:int, n_test:int, # reviews in the training and test slices
-                 seq_len:int, vocab:int, # tokens per review (truncated or padded); ids: 0 pad, 1 unknown, the most frequent
-                ) -> tuple:
-    "IMDB train/test slices as padded id tensors over a `vocab`-sized re-indexed vocabulary, with labels."
-    tr, te = take(load('imdb', 'train', profile), n_train, 0), take(load('imdb', 'test', profile), n_test, 0)
-    tok = bert_tokenizer('minilm')
-    enc = lambda df: tok(list(df.text), truncation=True, max_length=seq_len, padding='max_length', return_tensors='pt')['input_ids']
-    a, b = enc(tr), enc(te)
-    top = torch.bincount(a[a != 0], minlength=tok.vocab_size).argsort(descending=True)[:vocab - 2]
-    remap = torch.ones(tok.vocab_size, dtype=torch.long); remap[top] = torch.arange(2, 2 + len(top)); remap[0] = 0
-    return remap[a], torch.tensor(tr.label.to_numpy()), remap[b], torch.tensor(te.label.to_numpy())
-
 # %% ../../nbs/30_sparse.ipynb #c039
-def chance_stats(yt:torch.Tensor, # test labels
-                 accuracy:float, # a model's accuracy on them
-                ) -> dict:
-    "Chance (the majority class's share of the test labels), the accuracy above it, and the accuracy's binomial standard error."
-    chance = float(torch.bincount(yt).max()) / len(yt)
-    return dict(chance=chance, acc_over_chance=accuracy - chance, test_se=math.sqrt(accuracy * (1 - accuracy) / len(yt)), n_test=len(yt))
-
 def _run_part(part:str, # 'cnn' or 'tf': the metric prefix
               data, build, # (x, y, x_test, y_test) CPU tensors; () -> a fresh dense model (seeded here)
               p:dict, seed:int, # the part's params (`runner.part_params`), the cell's seed
@@ -411,7 +358,7 @@ def _part(part:str, p:dict, profile:str) -> tuple:
     "The (x, y, x_test, y_test) CPU tensors of a part and a builder of its dense model."
     ds = dict(cnn='cifar10', tf='imdb')[part]  # the scaling note names the part's key (cnn_n_train, ...)
     n_tr, n_te = (scale_to_available(ds, s, profile, {f'{part}_n_{s}': p[f'n_{s}']})[f'{part}_n_{s}'] for s in ('train', 'test'))
-    if part == 'tf': return (text_tensors(profile, n_tr, n_te, p['seq_len'], p['vocab']),
+    if part == 'tf': return (text_tensors(ds, profile, n_tr, n_te, p['seq_len'], p['vocab']),
                              lambda: TextEncoder(p['vocab'], p['d'], p['heads'], p['ff'], p['layers'], p['seq_len']))
     (x, y), (xt, yt) = image_tensors(ds, 'train', profile, n=n_tr), image_tensors(ds, 'test', profile, n=n_te)
     return (x, y, xt, yt), lambda: SmallCNN(n_classes=10, widths=tuple(p['widths']), hidden=p['hidden'], img_size=p['img_size'])
@@ -594,26 +541,15 @@ def _goal_html(per:dict) -> str:
             f"{SPEED_GOAL:g}x faster and within {100 * ACC_TOL:g} point of dense.</p>")
     return head + '<ul>' + ''.join(items) + '</ul>'
 
-def _png_img(rel:str) -> str: # a saved figure's path under the project root
-    "The figure as an inline <img>, or nothing when it was not saved."
-    png = project_root()/rel
-    return png_img(png.read_bytes()) if png.exists() else ''
-
 def _sweep_html() -> str:
     "bench/sparse.py's saved kernel sweep as it saved it (figure, break-even sparsities), or how to produce it (`report.bench_section`)."
     def render(saved):
-        lines, img = ''.join(f'<li>{esc(line)}</li>' for line in saved['break_even']), _png_img(BENCH_PNG)
+        lines, img = ''.join(f'<li>{esc(line)}</li>' for line in saved['break_even']), png_file_img(project_root()/BENCH_PNG)
         return (f"<p class='muted'>Saved by bench/sparse.py ({esc(saved.get('when', '?'))}, {esc(saved.get('device', '?'))}, best of "
                 f"{esc(saved.get('repeats', '?'))}): dense <code>F.linear</code> vs <code>torch.sparse</code> product at the layer shapes of "
                 f"the {esc(saved.get('profile', 'quick'))} profile. Dashed: break-even; dotted: the {SPEED_GOAL:g}x goal.</p>{img}<ul>{lines}</ul>")
     return bench_section(project_root()/BENCH_JSON, render, 'run <code>python bench/sparse.py --repeats 3 --sparsities 0.5,0.75,0.9,0.95 '
                          '--blocks 1,4,32 --train</code> on an otherwise idle machine, then re-render this report.', needs=('break_even',))
-
-def pareto_front(rows:list[dict], # points with `speedup` (higher is better) and `acc_drop` (lower is better)
-                ) -> list[dict]:
-    "The points no other point beats on both speed-up and accuracy drop, by increasing accuracy drop."
-    beats = lambda q, r: q['speedup'] >= r['speedup'] and q['acc_drop'] <= r['acc_drop'] and (q['speedup'], q['acc_drop']) != (r['speedup'], r['acc_drop'])
-    return sorted((r for r in rows if not any(beats(q, r) for q in rows)), key=lambda r: (r['acc_drop'], -r['speedup']))
 
 def _pareto_html() -> str:
     "bench/sparse_sweep.py's saved model-level sweep (figure, Pareto fronts, break-even sparsities), or how to produce it."
@@ -624,7 +560,7 @@ def _pareto_html() -> str:
                 f"{esc(saved.get('profile', '?'))}, seed {esc(saved.get('seed', '?'))}): one cell of the experiment per point, so point "
                 'estimates, exploratory (the arms above carry the claims). gmp: the pattern chosen by gradual magnitude pruning, trained '
                 'masked dense; CSR trained sparse: a random pattern trained through the CSR kernel.</p>'
-                f"{_png_img(SWEEP_PNG)}<p>Pareto front (inference speed-up vs accuracy drop):</p>{li(fronts)}"
+                f"{png_file_img(project_root()/SWEEP_PNG)}<p>Pareto front (inference speed-up vs accuracy drop):</p>{li(fronts)}"
                 f"<p>Break-even sparsity (inference through the kernels, model level):</p>{li(saved['break_even'])}")
     return bench_section(project_root()/SWEEP_JSON, render, 'run <code>python bench/sparse_sweep.py</code> (with the mirror, on an '
                          'otherwise idle machine), then re-render this report.', needs=('pareto', 'break_even'))
